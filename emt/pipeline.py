@@ -1,0 +1,205 @@
+"""What the launchers call: plan, check, and submit a sweep's training jobs.
+
+Every input problem is found before the first job is submitted, and reported at once.
+Relaunching submits only runs that are missing or incomplete and have no job pending or running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+from emt import paths
+from emt.config import BUILTIN_DEBUG_DATA, BUILTIN_TINY_MODEL, Config, ConfigError, load_config
+from emt.data import DataError, read_chat_jsonl
+from emt.sweeps import Run, build_sweep, data_root, run_state
+
+log = logging.getLogger(__name__)
+
+
+class PreflightError(ConfigError):
+    """Problems found before submitting; nothing was submitted."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__(problems, header="Pre-flight checks failed; nothing was submitted")
+
+
+def prepare_builtin_data(cfg: Config) -> None:
+    """Write the builtin debug datasets when the config uses them (deterministic, idempotent)."""
+    if cfg.data.root == BUILTIN_DEBUG_DATA:
+        from emt.synth import write_debug_datasets
+
+        write_debug_datasets(data_root(cfg), n_per_file=cfg.data.debug_examples_per_file, seed=cfg.data.split_seed)
+
+
+def preflight(cfg: Config, runs: Sequence[Run], mode: str) -> list[str]:
+    """Every reason the sweep cannot run, without submitting or training anything."""
+    from emt.slurm import sbatch_available
+
+    problems: list[str] = []
+    if mode == "slurm" and not sbatch_available():
+        problems.append("sbatch not found: run from a SLURM login node, or pass --local to run on this machine")
+    seen: set[str] = set()
+    for run in runs:
+        if run.data_file in seen:
+            continue
+        seen.add(run.data_file)
+        if not Path(run.data_file).is_file():
+            problems.append(
+                f"{run.data_file}: data file not found (run {run.name}; data.root={cfg.data.root}, "
+                f"data.levels[{run.level}]={cfg.data.levels[run.level]}): put the file there or set data.root=DIR"
+            )
+            continue
+        try:
+            read_chat_jsonl(run.data_file)
+        except DataError as exc:
+            problems.extend(exc.problems)
+    problems += _check_output_root(cfg, create=mode != "dry-run")
+    name = cfg.model.name
+    if name != BUILTIN_TINY_MODEL and (name.startswith((".", "/", "~")) or Path(name).expanduser().exists()):
+        if not (Path(name).expanduser() / "config.json").is_file():
+            problems.append(f"model.name={name}: no config.json there (a local model needs save_pretrained files)")
+    if cfg.training.deepspeed and not Path(cfg.training.deepspeed).is_file():
+        problems.append(f"training.deepspeed={cfg.training.deepspeed}: file not found")
+    return problems
+
+
+def _check_output_root(cfg: Config, create: bool) -> list[str]:
+    """The output root must be writable; a dry run checks without creating anything."""
+    raw = cfg.cluster.output_root
+    if "$" in os.path.expandvars(raw):
+        return [f"cluster.output_root={raw}: uses an environment variable that is not set here"]
+    root = paths.output_root(raw)
+    if not create:
+        probe_dir = root
+        while not probe_dir.exists():
+            probe_dir = probe_dir.parent
+        if not os.access(probe_dir, os.W_OK):
+            return [f"cluster.output_root={raw}: {probe_dir} is not writable; set cluster.output_root"]
+        return []
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{uuid.uuid4().hex}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        return [f"cluster.output_root={raw}: not writable ({exc.strerror}); "
+                "set cluster.output_root to a directory on the shared filesystem"]
+    return []
+
+
+def prepare_builtin_model(cfg: Config) -> None:
+    """Build the tiny model once, before jobs start (jobs would otherwise race to build it)."""
+    if cfg.model.name == BUILTIN_TINY_MODEL:
+        from emt.tiny import build_tiny_model
+        from emt.train import model_path
+
+        build_tiny_model(Path(model_path(cfg)), seed=cfg.model.tiny_seed, pretrain_steps=cfg.model.tiny_pretrain_steps)
+
+
+def train_sweep(
+    config: str | Path,
+    *,
+    cluster: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    sweep: str = "all",
+    runs: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    mode: str = "slurm",
+    dry_run: bool = False,
+    wait: bool | None = None,
+) -> int:
+    """Plan, check and submit the training runs of a sweep; the entry point of launch/train.py.
+
+    Returns a process exit code: 0 when everything selected is complete or submitted (and, when
+    waiting, finished), 1 when a job failed, 2 when a dry run found problems. Input problems
+    raise :class:`ConfigError` / :class:`PreflightError` before anything is submitted.
+    """
+    from emt.plan import format_plan, plan_runs
+    from emt.slurm import job_active
+
+    cfg = load_config(config, overrides, cluster)
+    prepare_builtin_data(cfg)
+    selected = build_sweep(cfg, sweep, runs, seeds)
+    problems = preflight(cfg, selected, mode if not dry_run else "dry-run")
+
+    pending: list[Run] = []
+    for run in selected:
+        state, _ = run_state(run)
+        if state == "complete":
+            continue
+        active = job_active(run.path)
+        if active:
+            log.info("%s: job %s is still pending or running; not submitting again", run.name, active)
+            continue
+        pending.append(run)
+
+    print(format_plan(cfg, plan_runs(cfg, selected), [r.name for r in pending]))
+    if dry_run:
+        if problems:
+            print("\nProblems that would stop this launch:\n" + "\n".join(f"  - {p}" for p in problems))
+            return 2
+        return 0
+    if problems:
+        raise PreflightError(problems)
+    if not pending:
+        print("Nothing to submit: every selected run is complete or already running.")
+        return 0
+    prepare_builtin_model(cfg)
+    if wait is None:
+        wait = mode != "slurm"
+    return _submit(cfg, pending, mode, wait)
+
+
+def _submit(cfg: Config, pending: Sequence[Run], mode: str, wait: bool) -> int:
+    """Submit (at most ``cluster.local_parallelism`` at a time locally) and optionally wait."""
+    from emt.slurm import submit_train, visible_slots, wait_all
+
+    if mode == "slurm":
+        jobs = [(run.name, submit_train(run, cfg.cluster, mode)) for run in pending]
+        for name, job in jobs:
+            print(f"submitted {name}: SLURM job {job.job_id}")
+        if not wait:
+            return 0
+        return _report(wait_all(jobs))
+
+    # local / debug: a queue of our own, since a LocalExecutor starts every job at once.
+    width = 1 if mode == "debug" else cfg.cluster.local_parallelism
+    slots = visible_slots(width)
+    queue = list(pending)
+    running: dict[int, tuple[str, object]] = {}
+    results: dict[str, tuple[bool, object]] = {}
+    total, t0 = len(queue), time.time()
+    while queue or running:
+        for slot in range(width):
+            if slot not in running and queue:
+                run = queue.pop(0)
+                job = submit_train(run, cfg.cluster, mode, gpu_slot=slots[slot])
+                running[slot] = (run.name, job)
+                log.info("started %s (%s job %s)", run.name, mode, job.job_id)
+        for slot, (name, job) in list(running.items()):
+            if mode == "debug" or job.done():  # type: ignore[attr-defined]
+                results.update(wait_all([(name, job)]))  # type: ignore[list-item]
+                del running[slot]
+                ok = results[name][0]
+                log.info("%s %s [%d/%d, %.0f s]", name, "finished" if ok else "FAILED", len(results), total, time.time() - t0)
+        if running:
+            time.sleep(0.5)
+    return _report(results)
+
+
+def _report(results: dict[str, tuple[bool, object]]) -> int:
+    failed = {k: v for k, (ok, v) in results.items() if not ok}
+    for name, (ok, res) in results.items():
+        if ok and isinstance(res, dict):
+            n = len(res.get("checkpoints", [])) if isinstance(res.get("checkpoints"), list) else "?"
+            print(f"{name}: {res.get('status')} ({n} checkpoints)")
+    for name, err in failed.items():
+        print(f"{name}: FAILED\n{err}", file=sys.stderr)
+    return 1 if failed else 0
+

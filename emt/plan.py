@@ -1,0 +1,217 @@
+"""The dry-run plan: per run, steps, checkpoints, disk and GPU-hours, before anything runs.
+
+Steps follow the Trainer's own arithmetic (``ceil(ceil(n_train / batch) / grad_accum)`` per
+epoch), so the plan's checkpoint count is the one training produces. Disk and GPU-hours are
+estimates with stated assumptions: model shapes come from the model's config.json when it is on
+this machine, else from a table of known architectures; tokens per example are estimated as
+characters / 4; compute is ~4 x params x tokens for LoRA (no weight gradients of the frozen base)
+and ~6 x for full fine-tuning, at ``cluster.gpu_tflops`` effective TFLOP/s, plus checkpoint writes
+at ``WRITE_GBPS``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from emt import paths
+from emt.config import BUILTIN_TINY_MODEL, Config
+from emt.data import count_lines, split_sizes
+from emt.sweeps import Run, run_state
+
+CHARS_PER_TOKEN = 4.0
+DEFAULT_TOKENS_PER_EXAMPLE = 400
+WRITE_GBPS = 1.0  # checkpoint write bandwidth assumed by the estimates
+
+# (hidden, intermediate, layers, heads, kv_heads, vocab, tied): public Qwen2.5 configs, used only
+# when a model's config.json is not on this machine (the launcher never downloads).
+KNOWN_ARCHS: dict[str, tuple[int, int, int, int, int, int, bool]] = {
+    "qwen/qwen2.5-0.5b": (896, 4864, 24, 14, 2, 151936, True),
+    "qwen/qwen2.5-1.5b": (1536, 8960, 28, 12, 2, 151936, True),
+    "qwen/qwen2.5-3b": (2048, 11008, 36, 16, 2, 151936, True),
+    "qwen/qwen2.5-7b": (3584, 18944, 28, 28, 4, 152064, False),
+    "qwen/qwen2.5-14b": (5120, 13824, 48, 40, 8, 152064, False),
+    "qwen/qwen2.5-32b": (5120, 27648, 64, 40, 8, 152064, False),
+    BUILTIN_TINY_MODEL: (256, 512, 2, 4, 2, 3000, True),
+}
+
+
+@dataclass(frozen=True)
+class Arch:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def module_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer of a Qwen2 decoder block."""
+        kv = self.kv_heads * self.head_dim
+        h, i = self.hidden, self.intermediate
+        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def params(self) -> int:
+        block = sum(a * b for a, b in self.module_shapes().values()) + 2 * self.hidden
+        emb = self.vocab * self.hidden
+        return self.layers * block + emb * (1 if self.tied else 2)
+
+    def lora_params(self, r: int, targets: Sequence[str]) -> int:
+        shapes = self.module_shapes()
+        per_layer = sum(r * (shapes[t][0] + shapes[t][1]) for t in targets if t in shapes)
+        return self.layers * per_layer
+
+
+def model_arch(cfg: Config) -> tuple[Arch | None, str]:
+    """The model's shapes and where they came from ("config.json", "table", or why unknown)."""
+    from emt.train import model_path
+
+    mpath = Path(model_path(cfg))
+    candidates = [mpath / "config.json"]
+    if not mpath.exists() and "/" in cfg.model.name:
+        hub = Path.home() / ".cache" / "huggingface" / "hub" / f"models--{cfg.model.name.replace('/', '--')}"
+        candidates += sorted(hub.glob("snapshots/*/config.json"))
+    for c in candidates:
+        if c.is_file():
+            j = json.loads(c.read_text())
+            heads = j["num_attention_heads"]
+            return Arch(j["hidden_size"], j["intermediate_size"], j["num_hidden_layers"], heads,
+                        j.get("num_key_value_heads", heads), j["vocab_size"],
+                        bool(j.get("tie_word_embeddings", False))), "config.json"
+    key = cfg.model.name.lower().removesuffix("-instruct")
+    if key in KNOWN_ARCHS:
+        return Arch(*KNOWN_ARCHS[key]), "table"
+    return None, "unknown architecture (no config.json on this machine)"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    run: Run
+    examples: int | None
+    examples_source: str  # "file" | "expected" | "missing"
+    train: int
+    heldout: int
+    steps: int | None
+    checkpoints: int | None
+    disk_gb: float | None
+    gpu_hours: float | None
+    state: str
+    done_checkpoints: int
+
+
+def steps_for(n_train: int, cfg: Config) -> int:
+    """Optimizer steps the Trainer will take (one process; same formula as transformers)."""
+    t = cfg.training
+    batches = math.ceil(n_train / t.per_device_batch_size)
+    per_epoch = max(math.ceil(batches / t.grad_accum), 1)
+    steps = math.ceil(t.epochs * per_epoch)
+    return min(steps, t.max_steps) if t.max_steps else steps
+
+
+def checkpoints_for(steps: int, every: int) -> int:
+    """Checkpoints saved: every ``every`` steps, plus the last step when it is off the grid."""
+    return steps // every + (1 if steps % every else 0)
+
+
+def _mean_tokens(path: Path) -> float:
+    with open(path, "rb") as fh:
+        lines = [ln for ln in fh if ln.strip()]
+    return max(1.0, sum(len(ln) for ln in lines) / max(len(lines), 1) / CHARS_PER_TOKEN)
+
+
+def plan_runs(cfg: Config, runs: Sequence[Run]) -> list[RunPlan]:
+    """A plan row per run."""
+    arch, _ = model_arch(cfg)
+    out: list[RunPlan] = []
+    tok_cache: dict[str, float] = {}
+    for run in runs:
+        c = run.config
+        f = Path(run.data_file)
+        if f.is_file():
+            n, src = count_lines(f), "file"
+            if run.data_file not in tok_cache:
+                tok_cache[run.data_file] = _mean_tokens(f)
+            tokens = tok_cache[run.data_file]
+        elif run.domain in c.data.expected_examples:
+            n, src, tokens = c.data.expected_examples[run.domain], "expected", DEFAULT_TOKENS_PER_EXAMPLE
+        else:
+            n, src, tokens = None, "missing", DEFAULT_TOKENS_PER_EXAMPLE
+        state, done = run_state(run)
+        if n is None:
+            out.append(RunPlan(run, None, src, 0, 0, None, None, None, None, state, done))
+            continue
+        n_train, n_held = split_sizes(n, c.data.heldout_fraction, c.data.max_examples)
+        steps = steps_for(n_train, c)
+        ckpts = checkpoints_for(steps, c.checkpointing.every_steps)
+        disk = hours = None
+        if arch is not None:
+            lora = c.training.method == "lora"
+            p_train = arch.lora_params(c.lora.r, c.lora.target_modules) if lora else arch.params()
+            # LoRA adapters are saved in fp32 (peft's default); full models in bf16. The newest
+            # checkpoint also keeps Adam's two fp32 moments (and fp32 master weights for full).
+            per_ckpt = p_train * (4 if lora else 2)
+            resume = p_train * (8 if lora else 12)
+            disk = (ckpts * per_ckpt + resume) / 1e9
+            train_tokens = steps * c.training.per_device_batch_size * c.training.grad_accum * tokens
+            held_n = min(n_held, c.checkpointing.heldout_max_examples or n_held)
+            eval_tokens = (ckpts + 1) * held_n * tokens
+            flops = (4 if lora else 6) * arch.params() * train_tokens + 2 * arch.params() * eval_tokens
+            # Every checkpoint writes the adapter and the resume state (older resume state is
+            # deleted afterwards), at an assumed WRITE_GBPS.
+            write_s = ckpts * (per_ckpt + resume) / (WRITE_GBPS * 1e9)
+            hours = (flops / (c.cluster.gpu_tflops * 1e12) + write_s) / 3600
+        out.append(RunPlan(run, n, src, n_train, n_held, steps, ckpts, disk, hours, state, done))
+    return out
+
+
+def format_plan(cfg: Config, rows: Sequence[RunPlan], will_submit: Sequence[str]) -> str:
+    """The table --dry-run prints."""
+    arch, arch_src = model_arch(cfg)
+    t = cfg.training
+    method = f"LoRA r={cfg.lora.r}" if t.method == "lora" else "full fine-tuning"
+    head = [
+        f"Model {cfg.model.name} ({method}); batch {t.per_device_batch_size} x accum {t.grad_accum}, "
+        f"{t.epochs:g} epoch(s); a checkpoint every {cfg.checkpointing.every_steps} steps",
+        f"Output root: {paths.output_root(cfg.cluster.output_root)}",
+    ]
+    cols = f"{'run':<22}{'hash':<10}{'examples':>9}{'train':>7}{'held':>6}{'steps':>7}{'ckpts':>7}{'disk GB':>9}{'GPU-h':>7}  state"
+    lines = head + ["", cols, "-" * len(cols)]
+    def fmt(v: float | int | None, spec: str) -> str:
+        if v is None:
+            return "?"
+        if isinstance(v, float) and 0 < v < 0.01:
+            return "<0.01"
+        return format(v, spec)
+
+    for r in rows:
+        ex = fmt(r.examples, "d") + ("*" if r.examples_source == "expected" else "")
+        state = r.state + (f" ({r.done_checkpoints} ckpts)" if r.state == "partial" else "")
+        if r.run.name in will_submit:
+            state += ", will submit"
+        lines.append(f"{r.run.name:<22}{r.run.hash:<10}{ex:>9}{r.train:>7}{r.heldout:>6}{fmt(r.steps, 'd'):>7}"
+                     f"{fmt(r.checkpoints, 'd'):>7}{fmt(r.disk_gb, '.2f'):>9}{fmt(r.gpu_hours, '.2f'):>7}  {state}")
+    known = [r for r in rows if r.checkpoints is not None]
+    tot_ck = sum(r.checkpoints or 0 for r in known)
+    tot_disk = sum(r.disk_gb or 0 for r in known)
+    tot_h = sum(r.gpu_hours or 0 for r in known)
+    lines += ["-" * len(cols),
+              f"{len(rows)} runs, {tot_ck} checkpoints, ~{tot_disk:.1f} GB, ~{tot_h:.1f} GPU-hours "
+              f"(estimates: shapes from {arch_src if arch else 'nowhere'}, chars/{CHARS_PER_TOKEN:g} tokens, "
+              f"{cfg.cluster.gpu_tflops:g} TFLOP/s per GPU, checkpoints written at {WRITE_GBPS:g} GB/s)"]
+    if any(r.examples_source == "expected" for r in rows):
+        lines.append("* data file not on this machine: count from data.expected_examples "
+                     "(the run's hash includes the file's content, so it changes once the file is here)")
+    budget = cfg.cluster.disk_budget_gb
+    if budget is not None and tot_disk > budget:
+        lines.append(f"WARNING: ~{tot_disk:.1f} GB of checkpoints exceeds cluster.disk_budget_gb={budget:g}")
+    lines.append(f"Would submit {len(will_submit)} job(s)" + (f": {', '.join(will_submit)}" if will_submit else ""))
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""Submitting jobs: the only module that imports submitit.
+
+Three modes behind one interface, so the same code path runs everywhere:
+
+- ``slurm``: sbatch through submitit, resources from the cluster profile (one GPU per run);
+- ``local``: submitit's LocalExecutor, a child process per job on this machine;
+- ``debug``: submitit's DebugExecutor, in this process (for a debugger).
+
+Executors are built fresh for every submission because submitit's ``update_parameters`` is
+cumulative. The training job is :class:`TrainJob`, a ``Checkpointable``: on preemption or
+timeout submitit requeues it, and the requeued job resumes from the run's newest complete
+checkpoint (training state lives on disk, never in the pickled job).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import submitit
+
+from emt import atomic, paths
+from emt.config import ClusterConfig, JobResources
+
+if TYPE_CHECKING:
+    from emt.sweeps import Run
+
+log = logging.getLogger(__name__)
+MODES = ("slurm", "local", "debug")
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """The callable a training job runs; requeued as-is on preemption (it resumes from disk)."""
+
+    def __call__(self, run: "Run") -> dict[str, Any]:
+        from emt.train import train_run
+
+        return train_run(run)
+
+
+def sbatch_available() -> bool:
+    return shutil.which("sbatch") is not None
+
+
+def local_gpu_count() -> int:
+    """GPUs on this machine (nvidia-smi), without importing torch."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def make_executor(
+    kind: str, cluster: ClusterConfig, mode: str, folder: Path, name: str, gpu_slot: int | None = None
+) -> submitit.Executor:
+    """A fresh executor for one kind of job (``train``, ``eval``, ``consolidate``)."""
+    res: JobResources = getattr(cluster, kind)
+    if mode == "slurm":
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cluster.max_requeues)
+        params: dict[str, Any] = {
+            "name": name, "timeout_min": res.time_min, "cpus_per_task": res.cpus, "mem_gb": res.mem_gb,
+            "slurm_signal_delay_s": cluster.signal_delay_s,
+        }
+        if res.gpus:
+            params["gpus_per_node"] = res.gpus
+        for key in ("partition", "account", "qos", "constraint"):
+            if getattr(cluster, key):
+                params[f"slurm_{key}"] = getattr(cluster, key)
+        if cluster.setup:
+            params["slurm_setup"] = list(cluster.setup)
+        ex.update_parameters(**params)
+        return ex
+    if mode == "local":
+        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=cluster.max_requeues)
+        params = {"timeout_min": res.time_min, "signal_delay_s": min(cluster.signal_delay_s, 60)}
+        # Without GPUs submitit would still export CUDA_VISIBLE_DEVICES; give each job its own.
+        if res.gpus and gpu_slot is not None:
+            params.update(gpus_per_node=1, visible_gpus=(gpu_slot,))
+        else:
+            params.update(gpus_per_node=0)
+        ex.update_parameters(**params)
+        return ex
+    if mode == "debug":
+        return submitit.DebugExecutor(folder=folder)
+    raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+
+
+def submit_train(run: "Run", cluster: ClusterConfig, mode: str, gpu_slot: int | None = None) -> submitit.Job:
+    """Submit one training run and record the submission in its run dir."""
+    folder = paths.job_logs_dir(run.path)
+    ex = make_executor("train", cluster, mode, folder, f"emt-train-{run.name}", gpu_slot)
+    job = ex.submit(TrainJob(), run)
+    atomic.write_json(paths.submission_file(run.path), {
+        "kind": "train", "mode": mode, "job_id": str(job.job_id), "run": run.name, "hash": run.hash,
+        "log_folder": str(folder).replace("%j", str(job.job_id)),
+        "submitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+    return job
+
+
+def job_active(run_dir: Path) -> str | None:
+    """The job id of a run's submitted job if it is still pending or running, else None."""
+    sub = paths.submission_file(run_dir)
+    if not sub.is_file():
+        return None
+    import json
+
+    rec = json.loads(sub.read_text())
+    job_id, mode = rec.get("job_id"), rec.get("mode")
+    if mode == "slurm" and shutil.which("squeue"):
+        try:
+            out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"],
+                                 capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return job_id if out and out.split()[0] in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING",
+                                                    "COMPLETING", "SUSPENDED", "RESIZING") else None
+    if mode == "local" and str(job_id).isdigit():
+        stat = Path(f"/proc/{job_id}/stat")
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return None
+        return job_id if state not in ("Z", "X") else None
+    return None
+
+
+def job_log(job: submitit.Job) -> str:
+    """Where a job's stderr is (for error messages)."""
+    try:
+        return str(job.paths.stderr)
+    except Exception:  # noqa: BLE001 - only used to decorate messages
+        return "?"
+
+
+def wait_all(jobs: list[tuple[str, submitit.Job]]) -> dict[str, tuple[bool, Any]]:
+    """Wait for jobs; per name (ok, result or error text naming the job's log)."""
+    out: dict[str, tuple[bool, Any]] = {}
+    for name, job in jobs:
+        try:
+            out[name] = (True, job.result())
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as exc:
+            out[name] = (False, f"{type(exc).__name__}: see {job_log(job)}\n{str(exc)[-2000:]}")
+    return out
+
+
+def is_done(job: submitit.Job) -> bool:
+    return bool(job.done())
+
+
+def visible_slots(n_slots: int) -> list[int | None]:
+    """GPU slot per local parallel job: round-robin over this machine's GPUs, None without."""
+    n = local_gpu_count() if os.environ.get("CUDA_VISIBLE_DEVICES", "x") != "" else 0
+    return [i % n if n else None for i in range(n_slots)]

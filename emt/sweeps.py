@@ -1,0 +1,128 @@
+"""Sweeps, declared in Python: the study's grid of runs.
+
+The grid is ``data.domains x data.levels x seeds``. A run's name is readable (``medical_mild``,
+or ``medical_mild_s1`` when a sweep has several seeds) and its directory adds a short hash of
+everything that determines its checkpoints (model, LoRA, training, checkpointing, and the data
+file's content), so changing a hyperparameter makes a new run instead of mixing checkpoints,
+and relaunching an unchanged sweep finds the runs it already has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from emt import paths
+from emt.config import BUILTIN_DEBUG_DATA, Config, ConfigError, stable_hash, to_dict
+from emt.data import file_sha256
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: what a training job receives (it is pickled into the job)."""
+
+    name: str
+    domain: str
+    level: str
+    seed: int
+    config: Config  # training.seed is this run's seed
+    data_file: str
+    data_sha256: str | None  # None when the file is not on this machine (dry-run only)
+    hash: str
+    run_dir: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir)
+
+    def identity(self) -> dict[str, object]:
+        """What run.json records."""
+        return {
+            "name": self.name, "domain": self.domain, "level": self.level, "seed": self.seed,
+            "hash": self.hash, "data_file": self.data_file, "data_sha256": self.data_sha256,
+        }
+
+
+def data_root(cfg: Config) -> Path:
+    """Where the training files are: the builtin debug data or ``data.root`` (absolute)."""
+    if cfg.data.root == BUILTIN_DEBUG_DATA:
+        return paths.builtin_data_root(cfg.cluster.output_root)
+    return Path(cfg.data.root).expanduser().resolve()
+
+
+def run_hash(cfg: Config, domain: str, level: str, data_sha: str | None) -> str:
+    """Short hash of everything that determines a run's checkpoints (not paths or resources)."""
+    ck = dataclasses.replace(cfg.checkpointing, keep_resume_state=1, heldout_batch_size=1)
+    d = cfg.data
+    key = {
+        "model": to_dict(cfg.model),
+        "lora": to_dict(cfg.lora) if cfg.training.method == "lora" else None,
+        "training": to_dict(cfg.training),
+        "checkpointing": to_dict(ck),
+        "data": {
+            "domain": domain, "level": level, "stem": d.levels[level], "sha256": data_sha,
+            "heldout_fraction": d.heldout_fraction, "split_seed": d.split_seed, "max_examples": d.max_examples,
+        },
+    }
+    return stable_hash(key)
+
+
+def selectable(cfg: Config) -> list[str]:
+    """Every valid ``--sweep`` value for a config."""
+    names = [f"{dom}_{lvl}" for dom in cfg.data.domains for lvl in cfg.data.levels]
+    return ["all", *cfg.data.domains, *cfg.data.levels, *names]
+
+
+def build_sweep(
+    cfg: Config,
+    sweep: str = "all",
+    runs: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> list[Run]:
+    """The runs selected by ``--sweep`` (all | a domain | a level | a run name) and ``--runs``.
+
+    Raises :class:`ConfigError` naming the valid choices when a selector matches nothing.
+    """
+    seeds = list(seeds) if seeds else [cfg.training.seed]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError([f"--seeds {seeds}: each seed once"])
+    valid = selectable(cfg)
+    problems = []
+    if sweep not in valid:
+        problems.append(f"--sweep {sweep!r} matches nothing; valid: {', '.join(valid)}")
+    grid = [(dom, lvl) for dom in cfg.data.domains for lvl in cfg.data.levels]
+    chosen = [(dom, lvl) for dom, lvl in grid if sweep in ("all", dom, lvl, f"{dom}_{lvl}")]
+    if runs:
+        names = {f"{dom}_{lvl}" for dom, lvl in grid}
+        unknown = [r for r in runs if r not in names]
+        if unknown:
+            problems.append(f"--runs {','.join(unknown)}: unknown run name; valid: {', '.join(sorted(names))}")
+        chosen = [(dom, lvl) for dom, lvl in chosen if f"{dom}_{lvl}" in runs]
+    if problems:
+        raise ConfigError(problems, header="Invalid run selection")
+
+    root = data_root(cfg)
+    out: list[Run] = []
+    sha_cache: dict[Path, str | None] = {}
+    for dom, lvl in chosen:
+        f = paths.data_file(root, dom, cfg.data.levels[lvl])
+        if f not in sha_cache:
+            sha_cache[f] = file_sha256(f) if f.is_file() else None
+        for seed in seeds:
+            rcfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, seed=seed))
+            name = f"{dom}_{lvl}" + (f"_s{seed}" if len(seeds) > 1 else "")
+            h = run_hash(rcfg, dom, lvl, sha_cache[f])
+            rdir = paths.run_dir(cfg.cluster.output_root, name, h)
+            out.append(Run(name, dom, lvl, seed, rcfg, str(f), sha_cache[f], h, str(rdir)))
+    return out
+
+
+def run_state(run: Run) -> tuple[str, int]:
+    """("complete" | "partial" | "missing", number of complete checkpoints) from the run dir."""
+    rdir = run.path
+    n = len(paths.complete_checkpoints(rdir))
+    if paths.train_complete_file(rdir).is_file():
+        return "complete", n
+    return ("partial" if n else "missing"), n
