@@ -152,6 +152,13 @@ def _train_locked(run: "Run") -> dict[str, Any]:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
 
+    if not interactive():  # batch logs get emt's periodic lines, not carriage-return bars
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+
     mpath = model_path(cfg)
     if cfg.model.name == BUILTIN_TINY_MODEL:
         from emt.tiny import build_tiny_model

@@ -1,0 +1,58 @@
+"""Shared fixtures: the tiny model built once per session, and per-test output roots.
+
+Tests run on CPU, offline, with the builtin tiny model (a few pretraining steps only: tests
+check mechanics, not fluency).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from emt import paths
+
+REPO = Path(__file__).resolve().parent.parent
+DEBUG_CONFIG = REPO / "configs" / "debug.yaml"
+TINY_STEPS = 20  # pretraining steps of the test model (the demo uses the config's 300)
+PY = sys.executable
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``models/`` directory holding the tiny model the debug config asks for."""
+    from emt.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("shared")
+    build_tiny_model(paths.builtin_model_dir(root, 0, TINY_STEPS), seed=0, pretrain_steps=TINY_STEPS)
+    return root / "models"
+
+
+@pytest.fixture
+def out_root(tmp_path: Path, tiny_models: Path) -> Path:
+    """A fresh output root that reuses the session's tiny model."""
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "models").symlink_to(tiny_models, target_is_directory=True)
+    return root
+
+
+def debug_overrides(root: Path, max_steps: int = 8, *extra: str) -> list[str]:
+    """Overrides that make the debug config small and point it at ``root``."""
+    return [f"cluster.output_root={root}", f"model.tiny_pretrain_steps={TINY_STEPS}",
+            f"training.max_steps={max_steps}", *extra]
+
+
+def launch_cmd(*args: str) -> list[str]:
+    return [PY, str(REPO / "launch" / "train.py"), "--config", str(DEBUG_CONFIG), *args]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests must never reach a model hub, and children inherit this.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")

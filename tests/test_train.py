@@ -1,0 +1,140 @@
+"""emt.train through the launcher: checkpoints, resume after kill -9, idempotence, locking."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, debug_overrides, launch_cmd
+
+from emt import atomic, paths
+from emt.train import losses_for_checkpoint, prepare_resume, run_lock, strip_resume_state
+
+STEPS = 12  # 6 checkpoints per test run
+
+
+def run_dir_of(root: Path, name: str) -> Path:
+    found = sorted(root.glob(f"runs/{name}-*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def markers(run: Path) -> dict[int, dict]:
+    return {s: json.loads(paths.checkpoint_marker(p).read_text()) for s, p in paths.complete_checkpoints(run)}
+
+
+def launch(root: Path, *args: str, max_steps: int = STEPS) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(launch_cmd("--local", *args, *debug_overrides(root, max_steps)),
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+
+
+def test_train_one_run_then_relaunch_trains_nothing(out_root: Path) -> None:
+    res = launch(out_root, "--runs", "medical_strong")
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = run_dir_of(out_root, "medical_strong")
+    ms = markers(run)
+    assert sorted(ms) == [2, 4, 6, 8, 10, 12]
+    assert all(m["train_loss"] is not None and m["heldout_loss"] is not None for m in ms.values())
+    assert ms[12]["train_loss"] < json.loads(paths.step0_file(run).read_text())["heldout_loss"]
+    done = json.loads(paths.train_complete_file(run).read_text())
+    assert done["checkpoints"] == [2, 4, 6, 8, 10, 12] and done["steps"] == STEPS
+    for _, ckpt in paths.complete_checkpoints(run):  # resume state is dropped once complete
+        assert (ckpt / "adapter_model.safetensors").is_file() and not (ckpt / "optimizer.pt").exists()
+    prov = json.loads(paths.provenance_file(run).read_text())
+    assert prov["config_hash"] == run.name.rsplit("-", 1)[1]
+    assert {"torch", "transformers", "peft", "trl"} <= set(prov["packages"]) and "commit" in prov["git"]
+    assert "learning_rate" in paths.resolved_config_file(run).read_text()
+    sub = paths.submission_file(run).stat().st_mtime
+
+    again = launch(out_root, "--runs", "medical_strong")
+    assert again.returncode == 0 and "Nothing to submit" in again.stdout
+    assert paths.submission_file(run).stat().st_mtime == sub
+
+
+def test_kill_9_mid_run_resumes_from_newest_checkpoint(out_root: Path, tmp_path: Path) -> None:
+    args = ("--runs", "math_mild")
+    proc = subprocess.Popen(launch_cmd("--local", *args, *debug_overrides(out_root, STEPS)), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    run: Path | None = None
+    while time.time() < deadline:
+        found = list(out_root.glob("runs/math_mild-*"))
+        if found and len(paths.complete_checkpoints(found[0])) >= 2:
+            run = found[0]
+            break
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.05)
+    assert run is not None, "no checkpoints appeared"
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher, the submitit controller and the job
+    proc.wait()
+    time.sleep(0.5)
+    before = [s for s, _ in paths.complete_checkpoints(run)]
+    assert before and before[-1] < STEPS
+    # A checkpoint cut off mid-write: its directory exists without the completion marker.
+    torn = paths.checkpoint_dir(run, before[-1] + 2)
+    torn.mkdir(exist_ok=True)
+    (torn / "adapter_model.safetensors").write_bytes(b"\0" * 10)
+
+    res = launch(out_root, *args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # The resumed job logs where it resumed from (its log lands in the run's logs folder).
+    logs = "".join(p.read_text() for p in run.glob("logs/*/*.err"))
+    assert f"resuming from checkpoint-{before[-1]}" in logs
+    assert "removing incomplete checkpoint" in logs
+    resumed = markers(run)
+
+    # The same run, uninterrupted, in another output root.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "models").symlink_to(os.readlink(out_root / "models"), target_is_directory=True)
+    assert launch(other, *args).returncode == 0
+    clean = markers(run_dir_of(other, "math_mild"))
+    assert sorted(resumed) == sorted(clean) == [2, 4, 6, 8, 10, 12]
+    for s in clean:  # a true resume (optimizer, scheduler, RNG, data order), not a restart
+        assert resumed[s]["train_loss"] == pytest.approx(clean[s]["train_loss"], rel=1e-4), s
+        assert resumed[s]["heldout_loss"] == pytest.approx(clean[s]["heldout_loss"], rel=1e-4), s
+
+
+def test_prepare_resume_and_strip(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    for s in (2, 4, 6):
+        d = paths.checkpoint_dir(run, s)
+        d.mkdir(parents=True)
+        (d / "optimizer.pt").write_bytes(b"x")
+        (d / "adapter_model.safetensors").write_bytes(b"x")
+    for s in (2, 4):
+        atomic.write_json(paths.checkpoint_marker(paths.checkpoint_dir(run, s)), {"step": s})
+    assert prepare_resume(run) == paths.checkpoint_dir(run, 4)
+    assert not paths.checkpoint_dir(run, 6).exists()
+    strip_resume_state(paths.checkpoint_dir(run, 2))
+    assert not (paths.checkpoint_dir(run, 2) / "optimizer.pt").exists()
+    assert (paths.checkpoint_dir(run, 2) / "adapter_model.safetensors").exists()
+    assert prepare_resume(tmp_path / "empty") is None
+
+
+def test_losses_for_checkpoint() -> None:
+    hist = [{"loss": 4.0, "step": 1}, {"loss": 2.0, "step": 2}, {"eval_loss": 3.0, "step": 2},
+            {"loss": 1.0, "step": 3}, {"loss": 3.0, "step": 4}, {"eval_loss": 1.5, "step": 4}]
+    assert losses_for_checkpoint(hist, 0, 2) == {"train_loss": 3.0, "heldout_loss": 3.0}
+    assert losses_for_checkpoint(hist, 2, 4) == {"train_loss": 2.0, "heldout_loss": 1.5}
+    assert losses_for_checkpoint(hist, 4, 6) == {"train_loss": None, "heldout_loss": None}
+
+
+def test_second_process_on_same_run_backs_off(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with run_lock(run) as first:
+        assert first
+        child = subprocess.run(
+            [os.sys.executable, "-c",
+             "import sys; from pathlib import Path; from emt.train import run_lock\n"
+             "with run_lock(Path(sys.argv[1])) as got: print(got)", str(run)],
+            capture_output=True, text=True, timeout=60)
+        assert child.stdout.strip() == "False"
+    with run_lock(run) as again:
+        assert again
