@@ -120,22 +120,45 @@ class DataConfig:
 class EvalConfig:
     """Checkpoint evaluation (launch/eval_array.py)."""
 
-    traits: tuple[str, ...] = ("evil", "hallucination")
+    traits: tuple[str, ...] = ("evil", "hallucination")  # builtin names or trait files
+    questions_per_trait: int | None = None  # the first N questions of each trait (None = all)
     samples_per_question: int = 10
     temperature: float = 1.0
     max_new_tokens: int = 1000
     backend: Literal["vllm", "hf"] = "vllm"
     seed: int = 0
+    checkpoints_per_task: int = 20  # array sizing when neither --per-task nor --tasks is given
+    batch_size: int = 64  # hf backend: sequences generated at once
+    gpu_memory_utilization: float = 0.85  # vllm backend
+    max_model_len: int | None = None  # vllm backend (None: the model's)
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """One judge. ``openai``: any OpenAI-compatible server (``base_url``; None = api.openai.com).
+    ``local``: the first-token distribution of an in-process model (``model`` is a path, a hub id
+    or builtin:tiny), through ``local_backend``."""
+
+    backend: Literal["openai", "local"] = "openai"
+    model: str = "gpt-4.1-mini-2025-04-14"
+    name: str | None = None  # how scores are labelled (default: the model)
+    base_url: str | None = None
+    local_backend: Literal["hf", "vllm"] = "hf"
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
 
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    """The LLM judge that scores answers 0-100."""
+    """The LLM judges that score answers 0-100; the first is the default."""
 
-    backend: Literal["openai", "local"] = "openai"
-    model: str = "gpt-4.1-mini-2025-04-14"
-    base_url: str | None = None
+    judges: tuple[JudgeSpec, ...] = (JudgeSpec(),)
     max_concurrency: int = 32
+    timeout_s: float = 60.0
+    max_retries: int = 6
+    cache: bool = True  # a persistent SQLite cache under the output root: a rerun costs no call
 
 
 @dataclass(frozen=True)
@@ -429,6 +452,14 @@ def _validate(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
     need(cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
     need(cfg.eval.temperature >= 0, "eval.temperature", "must be >= 0")
     need(cfg.judge.max_concurrency >= 1, "judge.max_concurrency", "must be >= 1")
+    need(len(cfg.judge.judges) >= 1, "judge.judges", "needs at least one judge")
+    labels = [j.label for j in cfg.judge.judges]
+    need(len(set(labels)) == len(labels), "judge.judges", f"judge labels must differ (set name:); got {labels}")
+    need(cfg.judge.max_retries >= 0, "judge.max_retries", "must be >= 0")
+    need(cfg.eval.questions_per_trait is None or cfg.eval.questions_per_trait >= 1,
+         "eval.questions_per_trait", "must be >= 1 or null")
+    need(cfg.eval.checkpoints_per_task >= 1, "eval.checkpoints_per_task", "must be >= 1")
+    need(0 < cfg.eval.gpu_memory_utilization <= 1, "eval.gpu_memory_utilization", "must be in (0, 1]")
     need(cl.array_parallelism >= 1, "cluster.array_parallelism", "must be >= 1")
     need(cl.local_parallelism >= 1, "cluster.local_parallelism", "must be >= 1")
     need(cl.max_requeues >= 0, "cluster.max_requeues", "must be >= 0")

@@ -5,6 +5,7 @@ Layout under the output root (``cluster.output_root``)::
     <output_root>/
       models/emt-tiny-s<seed>-p<steps>/      the builtin tiny model (debug config)
       data/debug/<domain>/<stem>.jsonl       the builtin debug datasets
+      judge-cache.sqlite                     judge replies keyed by (judge model, prompt)
       runs/<run name>-<config hash>/         one training run
         run.json                             run identity (name, domain, level, seed, hash)
         config.yaml                          the resolved config
@@ -14,6 +15,10 @@ Layout under the output root (``cluster.output_root``)::
         checkpoint-<step>/                   adapter (or full model) + trainer state
           emt_checkpoint.json                written last: the checkpoint is complete
         train_complete.json                  written when training finished
+        eval-<eval hash>/step-<N>.json       one checkpoint's answers and judge scores (N=0: base)
+        eval-<eval hash>/logs/<job id>/      submitit logs of the eval array and consolidation
+        eval_submission.json                 the newest eval array + consolidation job ids
+        scores.h5                            consolidated scores (schema in emt/store.py)
         logs/<job id>/                       submitit logs and pickles of that run's jobs
         .train.lock                          held by the process that trains the run
 
@@ -121,3 +126,28 @@ def all_checkpoint_dirs(run: Path) -> list[tuple[int, Path]]:
 def complete_checkpoints(run: Path) -> list[tuple[int, Path]]:
     """The complete checkpoints of a run (marker present), sorted by step."""
     return [(s, p) for s, p in all_checkpoint_dirs(run) if checkpoint_marker(p).is_file()]
+
+
+def judge_cache_file(root: str | Path) -> Path:
+    return output_root(root) / "judge-cache.sqlite"
+
+
+def eval_dir(run: Path, eval_hash: str) -> Path:
+    """Per-checkpoint results of one evaluation config of a run."""
+    return run / f"eval-{eval_hash}"
+
+
+def result_file(eval_root: Path, step: int) -> Path:
+    return eval_root / f"step-{step}.json"
+
+
+def eval_logs_dir(eval_root: Path) -> Path:
+    return eval_root / "logs" / "%j"
+
+
+def eval_submission_file(run: Path) -> Path:
+    return run / "eval_submission.json"
+
+
+def scores_file(run: Path) -> Path:
+    return run / "scores.h5"

@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from emt import paths
 from emt.config import BUILTIN_DEBUG_DATA, BUILTIN_TINY_MODEL, Config, ConfigError, load_config
@@ -157,49 +157,164 @@ def train_sweep(
 
 
 def _submit(cfg: Config, pending: Sequence[Run], mode: str, wait: bool) -> int:
-    """Submit (at most ``cluster.local_parallelism`` at a time locally) and optionally wait."""
-    from emt.slurm import submit_train, visible_slots, wait_all
+    """Submit training jobs (at most ``cluster.local_parallelism`` at a time locally); optionally wait."""
+    from emt.slurm import submit_train, wait_all
 
     if mode == "slurm":
         jobs = [(run.name, submit_train(run, cfg.cluster, mode)) for run in pending]
         for name, job in jobs:
             print(f"submitted {name}: SLURM job {job.job_id}")
-        if not wait:
-            return 0
-        return _report(wait_all(jobs))
+        return _report(wait_all(jobs)) if wait else 0
+    items = [(run.name, lambda slot, run=run: submit_train(run, cfg.cluster, mode, gpu_slot=slot)) for run in pending]
+    return _report(run_queue(items, 1 if mode == "debug" else cfg.cluster.local_parallelism, mode))
 
-    # local / debug: a queue of our own, since a LocalExecutor starts every job at once.
-    width = 1 if mode == "debug" else cfg.cluster.local_parallelism
+
+def run_queue(items: Sequence[tuple[str, Callable[[int | None], Any]]], width: int, mode: str) -> dict[str, tuple[bool, Any]]:
+    """Run local/debug jobs ``width`` at a time (a LocalExecutor would start them all at once).
+
+    Each item is (name, submit(gpu_slot) -> job); returns per name (ok, result or error text).
+    """
+    from emt.slurm import visible_slots, wait_all
+
     slots = visible_slots(width)
-    queue = list(pending)
-    running: dict[int, tuple[str, object]] = {}
-    results: dict[str, tuple[bool, object]] = {}
+    queue = list(items)
+    running: dict[int, tuple[str, Any]] = {}
+    results: dict[str, tuple[bool, Any]] = {}
     total, t0 = len(queue), time.time()
     while queue or running:
         for slot in range(width):
             if slot not in running and queue:
-                run = queue.pop(0)
-                job = submit_train(run, cfg.cluster, mode, gpu_slot=slots[slot])
-                running[slot] = (run.name, job)
-                log.info("started %s (%s job %s)", run.name, mode, job.job_id)
+                name, submit = queue.pop(0)
+                job = submit(slots[slot])
+                running[slot] = (name, job)
+                log.info("started %s (%s job %s)", name, mode, job.job_id)
         for slot, (name, job) in list(running.items()):
-            if mode == "debug" or job.done():  # type: ignore[attr-defined]
-                results.update(wait_all([(name, job)]))  # type: ignore[list-item]
+            if mode == "debug" or job.done():
+                results.update(wait_all([(name, job)]))
                 del running[slot]
-                ok = results[name][0]
-                log.info("%s %s [%d/%d, %.0f s]", name, "finished" if ok else "FAILED", len(results), total, time.time() - t0)
+                log.info("%s %s [%d/%d, %.0f s]", name, "finished" if results[name][0] else "FAILED",
+                         len(results), total, time.time() - t0)
         if running:
             time.sleep(0.5)
-    return _report(results)
+    return results
 
 
-def _report(results: dict[str, tuple[bool, object]]) -> int:
+def _report(results: dict[str, tuple[bool, Any]]) -> int:
     failed = {k: v for k, (ok, v) in results.items() if not ok}
     for name, (ok, res) in results.items():
-        if ok and isinstance(res, dict):
-            n = len(res.get("checkpoints", [])) if isinstance(res.get("checkpoints"), list) else "?"
+        if ok and isinstance(res, dict) and "status" in res:
+            n = len(res["checkpoints"]) if isinstance(res.get("checkpoints"), list) else "?"
             print(f"{name}: {res.get('status')} ({n} checkpoints)")
     for name, err in failed.items():
         print(f"{name}: FAILED\n{err}", file=sys.stderr)
     return 1 if failed else 0
 
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def eval_preflight(cfg: Config, mode: str) -> list[str]:
+    """Problems that stop an eval launch: traits, judge credentials, the scheduler."""
+    from emt.evaluate import judge_needs_key, load_traits
+    from emt.slurm import sbatch_available
+
+    problems: list[str] = []
+    if mode == "slurm" and not sbatch_available():
+        problems.append("sbatch not found: run from a SLURM login node, or pass --local to run on this machine")
+    try:
+        load_traits(cfg)
+    except ValueError as exc:
+        problems.append(f"eval.traits: {exc}")
+    if judge_needs_key(cfg.judge.judges) and not os.environ.get("OPENAI_API_KEY"):
+        problems.append("judge: an openai judge without base_url needs OPENAI_API_KEY in the environment "
+                        "(export OPENAI_API_KEY=...; jobs read it from their environment, it is never written "
+                        "to configs or logs), or point judge.judges[].base_url at an OpenAI-compatible server")
+    return problems
+
+
+def eval_runs(
+    config: str | Path,
+    *,
+    cluster: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    run_names: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    per_task: int | None = None,
+    tasks: int | None = None,
+    mode: str = "slurm",
+    dry_run: bool = False,
+    wait: bool | None = None,
+) -> int:
+    """Score every checkpoint of the selected runs (all runs when ``run_names`` is None).
+
+    Per run: one job array over the checkpoints without results (step 0 included), then one
+    consolidation job that SLURM starts only after every task succeeded. Locally the tasks run
+    (``cluster.local_parallelism`` at a time) and consolidation follows if they all succeeded.
+    """
+    from emt.evaluate import EvalTask, eval_hash, eval_root, pending_steps, shard, targets
+    from emt.slurm import record_submission, submit_consolidate, submit_eval_array, wait_all
+
+    cfg = load_config(config, overrides, cluster)
+    prepare_builtin_data(cfg)
+    runs = build_sweep(cfg, "all", runs=list(run_names) if run_names else None, seeds=seeds)
+    problems = eval_preflight(cfg, "dry-run" if dry_run else mode)
+    no_ckpt = [r.name for r in runs if not paths.complete_checkpoints(r.path)]
+    if no_ckpt:
+        problems.append(f"no complete checkpoints for {', '.join(no_ckpt)} (under {paths.runs_root(cfg.cluster.output_root)}): "
+                        "train first (launch/train.py), with the same config and overrides")
+    if problems and not dry_run:
+        raise PreflightError(problems)
+    ehash = eval_hash(cfg)
+    plan: list[tuple[Run, list[list[int]]]] = []
+    for run in runs:
+        todo = pending_steps(run, ehash) if run.name not in no_ckpt else []
+        shards = shard(todo, per_task=per_task, tasks=tasks) if (per_task or tasks) else \
+            shard(todo, per_task=cfg.eval.checkpoints_per_task)
+        plan.append((run, shards))
+        scored = len(targets(run)) - len(todo) if run.name not in no_ckpt else 0
+        print(f"{run.name}: {scored} of {len(targets(run)) if run.name not in no_ckpt else 0} checkpoints scored "
+              f"(eval {ehash}); {len(todo)} to score in {len(shards)} task(s)")
+    if dry_run:
+        if problems:
+            print("\nProblems that would stop this launch:\n" + "\n".join(f"  - {p}" for p in problems))
+            return 2
+        return 0
+    if wait is None:
+        wait = mode != "slurm"
+
+    failures = 0
+    for run, shards in plan:
+        root = eval_root(run, ehash)
+        folder = paths.eval_logs_dir(root)
+        etasks = [EvalTask(run, tuple(steps), i, ehash) for i, steps in enumerate(shards)]
+        if mode == "slurm":
+            jobs = submit_eval_array(etasks, cfg.cluster, mode, folder, f"emt-eval-{run.name}") if etasks else []
+            cjob = submit_consolidate(run, ehash, cfg.cluster, mode, folder, after=jobs)
+            record_submission(paths.eval_submission_file(run.path), {
+                "kind": "eval", "mode": mode, "eval_hash": ehash, "array_job_ids": [str(j.job_id) for j in jobs],
+                "consolidate_job_id": str(cjob.job_id), "log_folder": str(folder)})
+            print(f"{run.name}: eval array {jobs[0].job_id.split('_')[0] if jobs else '-'} ({len(jobs)} tasks, "
+                  f"%{cfg.cluster.array_parallelism}), consolidation {cjob.job_id} after it")
+            if wait:
+                failures += _report(wait_all([(f"{run.name}[{j.job_id}]", j) for j in jobs] + [(f"{run.name} consolidate", cjob)]))
+            continue
+        width = 1 if mode == "debug" else cfg.cluster.local_parallelism
+        items = [(f"{run.name} task {t.task}", lambda slot, t=t: submit_eval_array([t], cfg.cluster, mode, folder,
+                                                                                 f"emt-eval-{run.name}")[0]) for t in etasks]
+        results = run_queue(items, width, mode)
+        bad = [k for k, (ok, _) in results.items() if not ok]
+        gens = sum(r.get("generations", 0) for ok, r in results.values() if ok and isinstance(r, dict))
+        calls = sum(r.get("judge_calls", 0) for ok, r in results.values() if ok and isinstance(r, dict))
+        print(f"{run.name}: {len(etasks)} task(s), {gens} generations, {calls} judge calls")
+        if bad:
+            failures += _report(results)
+            print(f"{run.name}: not consolidated: {len(bad)} task(s) failed", file=sys.stderr)
+            continue
+        res = run_queue([(f"{run.name} consolidate",
+                          lambda slot: submit_consolidate(run, ehash, cfg.cluster, mode, folder))], 1, mode)
+        failures += _report(res)
+        for ok, r in res.values():
+            if ok:
+                print(f"{run.name}: {r['checkpoints']} checkpoints -> {r['scores']}")
+    return 1 if failures else 0

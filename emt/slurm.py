@@ -28,6 +28,7 @@ from emt import atomic, paths
 from emt.config import ClusterConfig, JobResources
 
 if TYPE_CHECKING:
+    from emt.evaluate import EvalTask
     from emt.sweeps import Run
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,24 @@ class TrainJob(submitit.helpers.Checkpointable):
         from emt.train import train_run
 
         return train_run(run)
+
+
+class EvalJob(submitit.helpers.Checkpointable):
+    """One eval array task; requeued as-is (it skips checkpoints whose results exist)."""
+
+    def __call__(self, task: "EvalTask") -> dict[str, Any]:
+        from emt.evaluate import run_eval_task
+
+        return run_eval_task(task)
+
+
+class ConsolidateJob(submitit.helpers.Checkpointable):
+    """Consolidation of a run's results into scores.h5 (idempotent: it rewrites the file whole)."""
+
+    def __call__(self, run: "Run", eval_hash: str) -> dict[str, Any]:
+        from emt.evaluate import consolidate_run
+
+        return consolidate_run(run, eval_hash)
 
 
 def sbatch_available() -> bool:
@@ -104,6 +123,34 @@ def submit_train(run: "Run", cluster: ClusterConfig, mode: str, gpu_slot: int | 
         "submitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     })
     return job
+
+
+def submit_eval_array(
+    tasks: list["EvalTask"], cluster: ClusterConfig, mode: str, folder: Path, name: str
+) -> list[submitit.Job]:
+    """One job array (``--array=0-N%P``), one task per shard, for SLURM; one job per task otherwise."""
+    ex = make_executor("eval", cluster, mode, folder, name)
+    if mode == "slurm":
+        ex.update_parameters(slurm_array_parallelism=cluster.array_parallelism)
+    return ex.map_array(EvalJob(), tasks)
+
+
+def submit_consolidate(
+    run: "Run", eval_hash: str, cluster: ClusterConfig, mode: str, folder: Path, after: list[submitit.Job] | None = None
+) -> submitit.Job:
+    """The consolidation job; on SLURM it starts only if every task of ``after`` succeeded (afterok)."""
+    ex = make_executor("consolidate", cluster, mode, folder, f"emt-consolidate-{run.name}")
+    if mode == "slurm" and after:
+        # An array's tasks share one id before the underscore; afterok on it waits for all.
+        array_ids = sorted({str(j.job_id).split("_")[0] for j in after})
+        ex.update_parameters(slurm_additional_parameters={"dependency": "afterok:" + ":".join(array_ids),
+                                                          "kill-on-invalid-dep": "yes"})
+    return ex.submit(ConsolidateJob(), run, eval_hash)
+
+
+def record_submission(path: Path, record: dict[str, Any]) -> None:
+    """Save a submission record (job ids, log folders) where later commands find it."""
+    atomic.write_json(path, {**record, "submitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
 
 
 def job_active(run_dir: Path) -> str | None:

@@ -1,0 +1,199 @@
+"""Scores in HDF5: one file per run, ``<run dir>/scores.h5``, written by consolidation only.
+
+Evaluation tasks write one JSON result per checkpoint (``<run>/eval-<hash>/step-<N>.json``);
+:func:`consolidate` is the single writer of the HDF5 file: it reads every result, checks them,
+and writes a temporary file that is renamed over ``scores.h5``, so a reader never sees a partial
+file and a failed consolidation leaves the previous one untouched.
+
+Schema (n = checkpoints incl. step 0, q = questions of the trait, s = samples per question)::
+
+    /steps                                  int64   [n]         step 0 is the base model
+    /loss/train                             float64 [n]         mean train loss since the previous checkpoint (NaN at 0)
+    /loss/heldout                           float64 [n]         held-out in-domain loss
+    /traits/<trait>/score                   float64 [n]         NaN-aware mean over questions and samples, default judge
+    /traits/<trait>/samples                 float64 [n, q, s]   per-answer trait score, default judge (NaN = no score)
+    /traits/<trait>/coherence               float64 [n, q, s]   per-answer coherence, default judge
+    /traits/<trait>/responses               str     [n, q, s]   the generated answers (UTF-8)
+    /traits/<trait>/question_ids            str     [q]
+    /traits/<trait>/questions               str     [q]
+    /traits/<trait>/judges/<judge>/score     float64 [n]
+    /traits/<trait>/judges/<judge>/samples   float64 [n, q, s]
+    /traits/<trait>/judges/<judge>/coherence float64 [n, q, s]
+    /traits/<trait>/judges/<judge>/raw       str     [n, q, s]   the judge's raw reply where the score is NaN, else ""
+    /traits/<trait>/judges/<judge>/reason    str     [n, q, s]   why the score is NaN, else ""
+
+Root attributes: ``config`` (resolved YAML), ``config_hash``, ``eval_hash``, ``run``,
+``git_commit``, ``git_dirty``, ``model``, ``judge_models`` (JSON list; the first is the default),
+``default_judge``, ``traits`` (JSON list), ``created``, ``emt_version``, ``packages`` (JSON).
+Judge names are used as HDF5 group names with ``/`` replaced by ``_``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+import emt
+from emt import atomic
+
+class ConsolidationError(RuntimeError):
+    """A result file is missing, unreadable or inconsistent; names the file."""
+
+
+def group_name(judge: str) -> str:
+    return judge.replace("/", "_")
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """One per-checkpoint result, validated enough to consolidate; errors name the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConsolidationError(f"{path}: unreadable result file ({exc}); delete it and rerun the eval "
+                                 f"array to redo that checkpoint") from None
+    for key in ("step", "traits", "judges"):
+        if key not in data:
+            raise ConsolidationError(f"{path}: result file lacks '{key}'; delete it and rerun the eval array")
+    return data
+
+
+def _mean(a: np.ndarray) -> float:
+    finite = a[np.isfinite(a)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def consolidate(
+    results: Sequence[Path],
+    out: Path,
+    attrs: Mapping[str, Any],
+    losses: Mapping[int, tuple[float | None, float | None]],
+) -> Path:
+    """Write ``out`` (scores.h5) from per-checkpoint result files, atomically.
+
+    ``losses`` maps step -> (train loss, held-out loss). Raises :class:`ConsolidationError`
+    naming the offending file when a result is corrupt or does not match the others; ``out``
+    is then left as it was.
+    """
+    import h5py
+
+    str_dt = h5py.string_dtype("utf-8")
+    loaded = [(read_result(p), p) for p in results]
+    loaded.sort(key=lambda rp: int(rp[0]["step"]))
+    if not loaded:
+        raise ConsolidationError(f"no result files to consolidate for {out.parent}")
+    first, first_path = loaded[0]
+    judges: list[str] = list(first["judges"])
+    traits: list[str] = list(first["traits"])
+    shapes: dict[str, tuple[int, int]] = {}
+    for t in traits:
+        tr = first["traits"][t]
+        shapes[t] = (len(tr["question_ids"]), len(tr["responses"][0]) if tr["responses"] else 0)
+    for data, path in loaded:
+        if list(data["judges"]) != judges or list(data["traits"]) != traits:
+            raise ConsolidationError(f"{path}: judges/traits differ from {first_path}; these results come from "
+                                     f"different eval configs: delete the stale file and rerun")
+        for t in traits:
+            tr = data["traits"][t]
+            q, s = shapes[t]
+            if tr["question_ids"] != first["traits"][t]["question_ids"]:
+                raise ConsolidationError(f"{path}: questions of trait {t} differ from {first_path}")
+            arrays = [tr["responses"]] + [tr["scores"][j] for j in judges] + [tr["coherence"][j] for j in judges]
+            if any(len(a) != q or any(len(row) != s for row in a) for a in arrays):
+                raise ConsolidationError(f"{path}: trait {t} does not have {q} questions x {s} samples")
+    steps = np.array([int(d["step"]) for d, _ in loaded], dtype=np.int64)
+    if len(set(steps.tolist())) != len(steps):
+        raise ConsolidationError(f"duplicate steps among result files in {first_path.parent}")
+
+    def f(x: Any) -> float:
+        return math.nan if x is None else float(x)
+
+    with atomic.atomic_path(out, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as h5:
+            h5.create_dataset("steps", data=steps)
+            h5.create_dataset("loss/train", data=np.array([f(losses.get(int(s), (None, None))[0]) for s in steps]))
+            h5.create_dataset("loss/heldout", data=np.array([f(losses.get(int(s), (None, None))[1]) for s in steps]))
+            for t in traits:
+                q, s = shapes[t]
+                g = h5.create_group(f"traits/{t}")
+                g.create_dataset("question_ids", data=np.array(first["traits"][t]["question_ids"], dtype=object), dtype=str_dt)
+                g.create_dataset("questions", data=np.array(first["traits"][t]["questions"], dtype=object), dtype=str_dt)
+                resp = np.array([d["traits"][t]["responses"] for d, _ in loaded], dtype=object).reshape(len(steps), q, s)
+                g.create_dataset("responses", data=resp, dtype=str_dt, compression="gzip")
+                for j in judges:
+                    jg = g.create_group(f"judges/{group_name(j)}")
+                    jg.attrs["judge"] = j
+                    sc = np.array([[[f(x) for x in row] for row in d["traits"][t]["scores"][j]] for d, _ in loaded],
+                                  dtype=np.float64).reshape(len(steps), q, s)
+                    co = np.array([[[f(x) for x in row] for row in d["traits"][t]["coherence"][j]] for d, _ in loaded],
+                                  dtype=np.float64).reshape(len(steps), q, s)
+                    jg.create_dataset("samples", data=sc)
+                    jg.create_dataset("coherence", data=co)
+                    jg.create_dataset("score", data=np.array([_mean(x) for x in sc]))
+                    for key in ("raw", "reason"):
+                        vals = np.array([d["traits"][t].get(key, {}).get(j) or [[""] * s] * q for d, _ in loaded],
+                                        dtype=object).reshape(len(steps), q, s)
+                        vals = np.vectorize(lambda v: "" if v is None else str(v), otypes=[object])(vals)
+                        jg.create_dataset(key, data=vals, dtype=str_dt, compression="gzip")
+                    if j == judges[0]:
+                        g["samples"] = h5py.SoftLink(f"/traits/{t}/judges/{group_name(j)}/samples")
+                        g["coherence"] = h5py.SoftLink(f"/traits/{t}/judges/{group_name(j)}/coherence")
+                        g["score"] = h5py.SoftLink(f"/traits/{t}/judges/{group_name(j)}/score")
+            for k, v in attrs.items():
+                h5.attrs[k] = v if isinstance(v, (str, int, float, bool, np.integer, np.floating)) else json.dumps(v)
+            h5.attrs["judge_models"] = json.dumps(judges)
+            h5.attrs["default_judge"] = judges[0]
+            h5.attrs["traits"] = json.dumps(traits)
+            h5.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            h5.attrs["emt_version"] = emt.__version__
+    return out
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a scores.h5 into numpy arrays (strings decoded) and its attributes.
+
+    Returns ``{"steps", "loss": {"train", "heldout"}, "traits": {trait: {"score", "samples",
+    "coherence", "responses", "question_ids", "questions", "judges": {judge: {...}}}}, "attrs"}``.
+    """
+    import h5py
+
+    def read(ds: Any) -> np.ndarray:
+        if h5py.check_string_dtype(ds.dtype) is not None:
+            return ds.asstr()[()]
+        return ds[()]
+
+    with h5py.File(path, "r") as h5:
+        out: dict[str, Any] = {
+            "steps": h5["steps"][()],
+            "loss": {k: h5["loss"][k][()] for k in h5["loss"]},
+            "traits": {},
+            "attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()},
+        }
+        for t, g in h5["traits"].items():
+            tr: dict[str, Any] = {k: read(g[k]) for k in ("score", "samples", "coherence", "responses", "question_ids", "questions")}
+            tr["judges"] = {jg.attrs["judge"]: {k: read(jg[k]) for k in jg} for jg in g["judges"].values()}
+            out["traits"][t] = tr
+    return out
+
+
+def to_frame(path: str | Path) -> Any:
+    """A tidy pandas DataFrame: one row per (step, trait, judge, question, sample)."""
+    import pandas as pd
+
+    d = load(path)
+    rows = []
+    steps = d["steps"]
+    for t, tr in d["traits"].items():
+        for j, jd in tr["judges"].items():
+            n, q, s = jd["samples"].shape
+            for i in range(n):
+                for k in range(q):
+                    for m in range(s):
+                        rows.append({"step": int(steps[i]), "trait": t, "judge": j, "question_id": tr["question_ids"][k],
+                                     "sample": m, "score": jd["samples"][i, k, m], "coherence": jd["coherence"][i, k, m],
+                                     "response": tr["responses"][i, k, m]})
+    return pd.DataFrame(rows)

@@ -1,0 +1,93 @@
+"""emt.store: consolidation of per-checkpoint results into scores.h5, and the reader."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emt.store import ConsolidationError, consolidate, load, to_frame
+
+JUDGES = ["gpt-4.1-mini", "local/qwen"]
+
+
+def result(step: int, q: int = 3, s: int = 2) -> dict:
+    def grid(v: float) -> list[list[float]]:
+        return [[v + i + 0.5 * k for k in range(s)] for i in range(q)]
+
+    traits = {}
+    for t in ("evil", "hallucination"):
+        scores = {j: grid(step + n) for n, j in enumerate(JUDGES)}
+        scores[JUDGES[0]][0][0] = float("nan")  # an unparseable reply
+        traits[t] = {
+            "question_ids": [f"{t}_{i}" for i in range(q)], "questions": [f"{t} q{i}?" for i in range(q)],
+            "responses": [[f"{t} answer {step}/{i}/{k} ✓" for k in range(s)] for i in range(q)],
+            "scores": scores, "coherence": {j: grid(50) for j in JUDGES},
+            "raw": {j: [["REFUSAL" if (i, k) == (0, 0) and j == JUDGES[0] else "" for k in range(s)] for i in range(q)] for j in JUDGES},
+            "reason": {j: [["low numeric mass 0.01" if (i, k) == (0, 0) and j == JUDGES[0] else "" for k in range(s)] for i in range(q)] for j in JUDGES},
+        }
+    return {"step": step, "judges": JUDGES, "traits": traits}
+
+
+def write_results(d: Path, steps: list[int]) -> list[Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    out = []
+    for s in steps:
+        p = d / f"step-{s}.json"
+        p.write_text(json.dumps(result(s)))
+        out.append(p)
+    return out
+
+
+def test_roundtrip(tmp_path: Path) -> None:
+    files = write_results(tmp_path / "eval", [4, 0, 2])
+    out = consolidate(files, tmp_path / "scores.h5", {"config_hash": "abcd1234", "git_commit": "deadbeef",
+                                                     "packages": {"torch": "2.13"}},
+                      {0: (None, 3.0), 2: (2.5, 2.9), 4: (2.0, 2.8)})
+    d = load(out)
+    assert d["steps"].tolist() == [0, 2, 4]
+    assert d["loss"]["heldout"].tolist() == [3.0, 2.9, 2.8] and math.isnan(d["loss"]["train"][0])
+    ev = d["traits"]["evil"]
+    assert ev["samples"].shape == (3, 3, 2) and ev["responses"].shape == (3, 3, 2)
+    assert ev["responses"][1, 2, 1] == "evil answer 2/2/1 ✓"
+    assert math.isnan(ev["samples"][0, 0, 0])  # NaN stays NaN, never 0
+    expected = np.nanmean(np.array(result(2)["traits"]["evil"]["scores"][JUDGES[0]], dtype=float))
+    assert ev["score"][1] == pytest.approx(expected)
+    assert set(ev["judges"]) == set(JUDGES)
+    assert ev["judges"][JUDGES[0]]["raw"][0, 0, 0] == "REFUSAL"
+    assert ev["judges"][JUDGES[0]]["reason"][0, 0, 0].startswith("low numeric mass")
+    assert ev["judges"]["local/qwen"]["samples"][2, 0, 0] == 5.0  # second judge kept separately
+    a = d["attrs"]
+    assert a["config_hash"] == "abcd1234" and json.loads(a["judge_models"]) == JUDGES
+    assert a["default_judge"] == JUDGES[0] and json.loads(a["packages"]) == {"torch": "2.13"}
+    assert "created" in a and "emt_version" in a
+
+
+def test_corrupt_result_names_file_and_keeps_old_scores(tmp_path: Path) -> None:
+    files = write_results(tmp_path / "eval", [0, 2])
+    out = consolidate(files, tmp_path / "scores.h5", {}, {})
+    before = out.read_bytes()
+    files[1].write_text(files[1].read_text()[:100])  # cut off
+    with pytest.raises(ConsolidationError, match=f"{files[1]}: unreadable result file"):
+        consolidate(files, out, {}, {})
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "scores.h5"]  # no temp left behind
+
+
+def test_inconsistent_results_rejected(tmp_path: Path) -> None:
+    files = write_results(tmp_path / "eval", [0, 2])
+    bad = result(2)
+    bad["traits"]["evil"]["responses"] = bad["traits"]["evil"]["responses"][:2]
+    files[1].write_text(json.dumps(bad))
+    with pytest.raises(ConsolidationError, match="does not have 3 questions x 2 samples"):
+        consolidate(files, tmp_path / "scores.h5", {}, {})
+
+
+def test_tidy_frame(tmp_path: Path) -> None:
+    out = consolidate(write_results(tmp_path / "eval", [0, 2]), tmp_path / "scores.h5", {}, {})
+    df = to_frame(out)
+    assert len(df) == 2 * 2 * 2 * 3 * 2  # steps x traits x judges x questions x samples
+    assert set(df.columns) >= {"step", "trait", "judge", "question_id", "sample", "score", "coherence", "response"}
