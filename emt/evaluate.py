@@ -249,6 +249,10 @@ def consolidate_run(run: "Run", ehash: str) -> dict[str, Any]:
     if missing:
         raise ConsolidationError(f"{root}: {len(missing)} checkpoint(s) not scored yet (steps {missing[:10]}"
                                  f"{'...' if len(missing) > 10 else ''}); rerun launch/eval_array.py --run {run.name}")
+    results = [paths.result_file(root, s) for s in steps]
+    if _up_to_date(paths.scores_file(run.path), ehash, steps, results):
+        log.info("%s: scores.h5 is up to date", run.name)
+        return {"run": run.name, "scores": str(paths.scores_file(run.path)), "checkpoints": len(steps), "skipped": True}
     losses: dict[int, tuple[float | None, float | None]] = {}
     s0 = paths.step0_file(run.path)
     if s0.is_file():
@@ -260,9 +264,23 @@ def consolidate_run(run: "Run", ehash: str) -> dict[str, Any]:
     attrs = {"config": to_yaml(run.config), "config_hash": run.hash, "eval_hash": ehash, "run": run.name,
              "git_commit": prov["git"]["commit"] or "", "git_dirty": bool(prov["git"]["dirty"]),
              "model": run.config.model.name, "packages": prov["packages"]}
-    out = consolidate([paths.result_file(root, s) for s in steps], paths.scores_file(run.path), attrs, losses)
+    out = consolidate(results, paths.scores_file(run.path), attrs, losses)
     log.info("%s: consolidated %d checkpoints into %s", run.name, len(steps), out)
     return {"run": run.name, "scores": str(out), "checkpoints": len(steps)}
+
+
+def _up_to_date(scores: Path, ehash: str, steps: Sequence[int], results: Sequence[Path]) -> bool:
+    """True when scores.h5 already holds exactly these results (a rerun rewrites nothing)."""
+    if not scores.is_file():
+        return False
+    import h5py
+
+    try:
+        with h5py.File(scores, "r") as h5:
+            same = h5.attrs.get("eval_hash") == ehash and h5["steps"][()].tolist() == list(steps)
+    except (OSError, KeyError):
+        return False
+    return same and scores.stat().st_mtime >= max(p.stat().st_mtime for p in results)
 
 
 def judge_needs_key(specs: Sequence[JudgeSpec]) -> bool:

@@ -214,6 +214,22 @@ def _report(results: dict[str, tuple[bool, Any]]) -> int:
 # Evaluation
 
 
+def _print_usage(stats: Sequence[dict[str, Any]]) -> None:
+    """Judge token usage and estimated cost, summed over a run's tasks."""
+    from emt.judge import format_usage
+
+    total: dict[str, dict[str, Any]] = {}
+    for st in stats:
+        for judge, u in (st.get("usage") or {}).items():
+            acc = total.setdefault(judge, dict(u))
+            if acc is not u:
+                for k, v in u.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(acc.get(k), (int, float)):
+                        acc[k] += v
+    for u in total.values():
+        print("  " + format_usage(u))
+
+
 def eval_preflight(cfg: Config, mode: str) -> list[str]:
     """Problems that stop an eval launch: traits, judge credentials, the scheduler."""
     from emt.evaluate import judge_needs_key, load_traits
@@ -307,6 +323,7 @@ def eval_runs(
         gens = sum(r.get("generations", 0) for ok, r in results.values() if ok and isinstance(r, dict))
         calls = sum(r.get("judge_calls", 0) for ok, r in results.values() if ok and isinstance(r, dict))
         print(f"{run.name}: {len(etasks)} task(s), {gens} generations, {calls} judge calls")
+        _print_usage([r for ok, r in results.values() if ok and isinstance(r, dict)])
         if bad:
             failures += _report(results)
             print(f"{run.name}: not consolidated: {len(bad)} task(s) failed", file=sys.stderr)

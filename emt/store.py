@@ -25,7 +25,8 @@ Schema (n = checkpoints incl. step 0, q = questions of the trait, s = samples pe
 Root attributes: ``config`` (resolved YAML), ``config_hash``, ``eval_hash``, ``run``,
 ``git_commit``, ``git_dirty``, ``model``, ``judge_models`` (JSON list; the first is the default),
 ``default_judge``, ``traits`` (JSON list), ``created``, ``emt_version``, ``packages`` (JSON).
-Judge names are used as HDF5 group names with ``/`` replaced by ``_``.
+Judge names are used as HDF5 group names with ``/`` replaced by ``_``. HDF5 strings cannot hold
+NUL characters; a NUL in generated text is stored as U+FFFD.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ def read_result(path: Path) -> dict[str, Any]:
         if key not in data:
             raise ConsolidationError(f"{path}: result file lacks '{key}'; delete it and rerun the eval array")
     return data
+
+
+def _strings(values: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """An object array of str for HDF5: None -> "", and NUL (which HDF5 strings cannot hold;
+    a model can emit it) -> U+FFFD."""
+    arr = np.array(values, dtype=object).reshape(shape)
+    return np.vectorize(lambda v: "" if v is None else str(v).replace("\x00", "\ufffd"), otypes=[object])(arr)
 
 
 def _mean(a: np.ndarray) -> float:
@@ -120,9 +128,9 @@ def consolidate(
             for t in traits:
                 q, s = shapes[t]
                 g = h5.create_group(f"traits/{t}")
-                g.create_dataset("question_ids", data=np.array(first["traits"][t]["question_ids"], dtype=object), dtype=str_dt)
-                g.create_dataset("questions", data=np.array(first["traits"][t]["questions"], dtype=object), dtype=str_dt)
-                resp = np.array([d["traits"][t]["responses"] for d, _ in loaded], dtype=object).reshape(len(steps), q, s)
+                g.create_dataset("question_ids", data=_strings(first["traits"][t]["question_ids"], (q,)), dtype=str_dt)
+                g.create_dataset("questions", data=_strings(first["traits"][t]["questions"], (q,)), dtype=str_dt)
+                resp = _strings([d["traits"][t]["responses"] for d, _ in loaded], (len(steps), q, s))
                 g.create_dataset("responses", data=resp, dtype=str_dt, compression="gzip")
                 for j in judges:
                     jg = g.create_group(f"judges/{group_name(j)}")
@@ -135,9 +143,8 @@ def consolidate(
                     jg.create_dataset("coherence", data=co)
                     jg.create_dataset("score", data=np.array([_mean(x) for x in sc]))
                     for key in ("raw", "reason"):
-                        vals = np.array([d["traits"][t].get(key, {}).get(j) or [[""] * s] * q for d, _ in loaded],
-                                        dtype=object).reshape(len(steps), q, s)
-                        vals = np.vectorize(lambda v: "" if v is None else str(v), otypes=[object])(vals)
+                        vals = _strings([d["traits"][t].get(key, {}).get(j) or [[""] * s] * q for d, _ in loaded],
+                                        (len(steps), q, s))
                         jg.create_dataset(key, data=vals, dtype=str_dt, compression="gzip")
                     if j == judges[0]:
                         g["samples"] = h5py.SoftLink(f"/traits/{t}/judges/{group_name(j)}/samples")

