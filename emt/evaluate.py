@@ -160,7 +160,9 @@ def run_eval_task(task: EvalTask) -> dict[str, Any]:
         raise FileNotFoundError(f"{run.path}: no complete checkpoint for steps {missing}")
 
     from emt.generate import Target, adapter_rank, make_generator
+    from emt.runtime import limit_torch_threads
 
+    limit_torch_threads(cfg.cluster.eval.cpus)
     traits = load_traits(cfg)
     convs = conversations(traits)
     judges = make_judges(cfg)
@@ -267,6 +269,13 @@ def consolidate_run(run: "Run", ehash: str) -> dict[str, Any]:
     out = consolidate(results, paths.scores_file(run.path), attrs, losses)
     log.info("%s: consolidated %d checkpoints into %s", run.name, len(steps), out)
     return {"run": run.name, "scores": str(out), "checkpoints": len(steps)}
+
+
+def scores_up_to_date(run: "Run", ehash: str) -> bool:
+    """True when the run's scores.h5 holds exactly its current results."""
+    steps = targets(run)
+    results = [paths.result_file(eval_root(run, ehash), s) for s in steps]
+    return all(p.is_file() for p in results) and _up_to_date(paths.scores_file(run.path), ehash, steps, results)
 
 
 def _up_to_date(scores: Path, ehash: str, steps: Sequence[int], results: Sequence[Path]) -> bool:

@@ -169,10 +169,12 @@ def _submit(cfg: Config, pending: Sequence[Run], mode: str, wait: bool) -> int:
     return _report(run_queue(items, 1 if mode == "debug" else cfg.cluster.local_parallelism, mode))
 
 
-def run_queue(items: Sequence[tuple[str, Callable[[int | None], Any]]], width: int, mode: str) -> dict[str, tuple[bool, Any]]:
+def run_queue(items: Sequence[tuple[str, Callable[[int | None], Any]]], width: int, mode: str,
+              started: dict[str, Any] | None = None) -> dict[str, tuple[bool, Any]]:
     """Run local/debug jobs ``width`` at a time (a LocalExecutor would start them all at once).
 
     Each item is (name, submit(gpu_slot) -> job); returns per name (ok, result or error text).
+    ``started`` (if given) receives each job by name as it starts.
     """
     from emt.slurm import visible_slots, wait_all
 
@@ -187,6 +189,8 @@ def run_queue(items: Sequence[tuple[str, Callable[[int | None], Any]]], width: i
                 name, submit = queue.pop(0)
                 job = submit(slots[slot])
                 running[slot] = (name, job)
+                if started is not None:
+                    started[name] = job
                 log.info("started %s (%s job %s)", name, mode, job.job_id)
         for slot, (name, job) in list(running.items()):
             if mode == "debug" or job.done():
@@ -268,7 +272,7 @@ def eval_runs(
     consolidation job that SLURM starts only after every task succeeded. Locally the tasks run
     (``cluster.local_parallelism`` at a time) and consolidation follows if they all succeeded.
     """
-    from emt.evaluate import EvalTask, eval_hash, eval_root, pending_steps, shard, targets
+    from emt.evaluate import EvalTask, eval_hash, eval_root, pending_steps, scores_up_to_date, shard, targets
     from emt.slurm import record_submission, submit_consolidate, submit_eval_array, wait_all
 
     cfg = load_config(config, overrides, cluster)
@@ -302,6 +306,9 @@ def eval_runs(
     failures = 0
     for run, shards in plan:
         root = eval_root(run, ehash)
+        if not shards and scores_up_to_date(run, ehash):
+            print(f"{run.name}: {paths.scores_file(run.path)} is up to date; nothing to do")
+            continue
         folder = paths.eval_logs_dir(root)
         etasks = [EvalTask(run, tuple(steps), i, ehash) for i, steps in enumerate(shards)]
         if mode == "slurm":
@@ -318,7 +325,11 @@ def eval_runs(
         width = 1 if mode == "debug" else cfg.cluster.local_parallelism
         items = [(f"{run.name} task {t.task}", lambda slot, t=t: submit_eval_array([t], cfg.cluster, mode, folder,
                                                                                  f"emt-eval-{run.name}")[0]) for t in etasks]
-        results = run_queue(items, width, mode)
+        started: dict[str, Any] = {}
+        results = run_queue(items, width, mode, started)
+        record = {"kind": "eval", "mode": mode, "eval_hash": ehash, "log_folder": str(folder),
+                  "array_job_ids": [str(j.job_id) for j in started.values()], "consolidate_job_id": None}
+        record_submission(paths.eval_submission_file(run.path), record)
         bad = [k for k, (ok, _) in results.items() if not ok]
         gens = sum(r.get("generations", 0) for ok, r in results.values() if ok and isinstance(r, dict))
         calls = sum(r.get("judge_calls", 0) for ok, r in results.values() if ok and isinstance(r, dict))
@@ -329,7 +340,9 @@ def eval_runs(
             print(f"{run.name}: not consolidated: {len(bad)} task(s) failed", file=sys.stderr)
             continue
         res = run_queue([(f"{run.name} consolidate",
-                          lambda slot: submit_consolidate(run, ehash, cfg.cluster, mode, folder))], 1, mode)
+                          lambda slot: submit_consolidate(run, ehash, cfg.cluster, mode, folder))], 1, mode, started)
+        record_submission(paths.eval_submission_file(run.path),
+                          {**record, "consolidate_job_id": str(started[f"{run.name} consolidate"].job_id)})
         failures += _report(res)
         for ok, r in res.values():
             if ok:

@@ -119,7 +119,7 @@ def submit_train(run: "Run", cluster: ClusterConfig, mode: str, gpu_slot: int | 
     job = ex.submit(TrainJob(), run)
     atomic.write_json(paths.submission_file(run.path), {
         "kind": "train", "mode": mode, "job_id": str(job.job_id), "run": run.name, "hash": run.hash,
-        "log_folder": str(folder).replace("%j", str(job.job_id)),
+        "log_folder": str(folder),
         "submitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     })
     return job
@@ -154,29 +154,24 @@ def record_submission(path: Path, record: dict[str, Any]) -> None:
 
 
 def job_active(run_dir: Path) -> str | None:
-    """The job id of a run's submitted job if it is still pending or running, else None."""
+    """The job id of a run's training job if it is still pending or running, else None."""
     sub = paths.submission_file(run_dir)
     if not sub.is_file():
         return None
     import json
 
     rec = json.loads(sub.read_text())
-    job_id, mode = rec.get("job_id"), rec.get("mode")
+    job_id, mode = str(rec.get("job_id")), rec.get("mode")
     if mode == "slurm" and shutil.which("squeue"):
+        # squeue, not sacct: sacct lags a job's start by a second or more.
         try:
-            out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"],
-                                 capture_output=True, text=True, timeout=30).stdout.strip()
+            out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"],
+                                 capture_output=True, text=True, timeout=30).stdout.split()
         except (OSError, subprocess.TimeoutExpired):
             return None
-        return job_id if out and out.split()[0] in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING",
-                                                    "COMPLETING", "SUSPENDED", "RESIZING") else None
-    if mode == "local" and str(job_id).isdigit():
-        stat = Path(f"/proc/{job_id}/stat")
-        try:
-            state = stat.read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return None
-        return job_id if state not in ("Z", "X") else None
+        return job_id if out and out[0] in ACTIVE_STATES else None
+    if mode == "local" and job_id.isdigit():
+        return job_id if local_state(Path(rec["log_folder"].replace("%j", job_id)), job_id) == "RUNNING" else None
     return None
 
 
@@ -207,3 +202,63 @@ def visible_slots(n_slots: int) -> list[int | None]:
     """GPU slot per local parallel job: round-robin over this machine's GPUs, None without."""
     n = local_gpu_count() if os.environ.get("CUDA_VISIBLE_DEVICES", "x") != "" else 0
     return [i % n if n else None for i in range(n_slots)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Job states, for launch/status.py
+
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM states by job id (array tasks as ``<array>_<task>``) from sacct; {} without SLURM."""
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    bases = sorted({str(j).split("_")[0] for j in job_ids})
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(bases), "-o", "JobID,State"],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states: dict[str, str] = {}
+    for line in out.splitlines():
+        if "|" not in line:
+            continue
+        jid, state = line.split("|", 1)
+        state = state.split()[0] if state.split() else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
+        if "[" in jid:  # a pending array range such as 123_[2-5%2]
+            base, rng = jid.split("_[", 1)
+            lo_hi = rng.split("%")[0].rstrip("]")
+            for part in lo_hi.split(","):
+                lo, _, hi = part.partition("-")
+                for k in range(int(lo), int(hi or lo) + 1):
+                    states[f"{base}_{k}"] = state
+        else:
+            states[jid] = state
+    return states
+
+
+def local_state(folder: Path, job_id: str) -> str:
+    """State of a local (LocalExecutor) job from its process and its result pickle."""
+    stat = Path(f"/proc/{job_id}/stat")
+    try:
+        if stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+            return "RUNNING"
+    except (OSError, IndexError):
+        pass
+    result = folder / f"{job_id}_0_result.pkl"
+    if not result.is_file():
+        return "UNKNOWN"
+    import pickle
+
+    try:
+        with open(result, "rb") as fh:
+            outcome = pickle.load(fh)[0]
+    except Exception:  # noqa: BLE001 - a broken pickle only makes the state unknown
+        return "UNKNOWN"
+    return "COMPLETED" if outcome == "success" else "FAILED"
+
+
+def log_file(log_folder: str, job_id: str) -> Path:
+    """The stderr log submitit writes for a job; ``log_folder`` is the recorded folder template."""
+    return Path(log_folder.replace("%j", job_id)) / f"{job_id}_0_log.err"

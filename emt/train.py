@@ -31,6 +31,7 @@ from emt.config import BUILTIN_TINY_MODEL, Config, to_yaml
 from emt.data import DataError, file_sha256, read_chat_jsonl, split_heldout
 from emt.logs import interactive, setup_logging
 from emt.provenance import collect
+from emt.runtime import limit_torch_threads
 
 if TYPE_CHECKING:
     from emt.sweeps import Run
@@ -100,13 +101,6 @@ def losses_for_checkpoint(log_history: list[dict[str, Any]], prev_step: int, ste
     }
 
 
-def _cpu_threads(cfg: Config) -> int:
-    """Threads for CPU math: the job's CPU allocation, never more than this machine has."""
-    have = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    want = int(os.environ.get("SLURM_CPUS_PER_TASK", cfg.cluster.train.cpus))
-    return max(1, min(have, want))
-
-
 # ----------------------------------------------------------------------------------------------
 # The job
 
@@ -145,8 +139,7 @@ def _train_locked(run: "Run") -> dict[str, Any]:
 
     import torch
 
-    if not torch.cuda.is_available():
-        torch.set_num_threads(_cpu_threads(cfg))
+    limit_torch_threads(cfg.cluster.train.cpus)
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback

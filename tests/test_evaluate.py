@@ -60,9 +60,12 @@ def test_scores_every_checkpoint_and_step0_then_nothing(trained: Path) -> None:
     for t in ("evil", "hallucination"):
         assert d["traits"][t]["responses"].shape == (4, 3, 2)
     assert d["loss"]["heldout"].shape == (4,)
-    again = evaluate(trained)
-    assert again.returncode == 0 and "0 to score" in again.stdout
-    assert "0 generations, 0 judge calls" in again.stdout
+    stamps = {p: p.stat().st_mtime_ns for p in run_dir(trained).glob("eval-*/step-*.json")}
+    stamps[paths.scores_file(run_dir(trained))] = paths.scores_file(run_dir(trained)).stat().st_mtime_ns
+    again = evaluate(trained)  # 0 generations, 0 judge calls: no task is even submitted
+    assert again.returncode == 0 and "0 to score in 0 task(s)" in again.stdout
+    assert "is up to date; nothing to do" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
 def test_kill_mid_shard_then_rerun_completes_only_missing(trained: Path) -> None:

@@ -1,0 +1,121 @@
+"""One table for a whole sweep: jobs, training progress, scoring progress, failures.
+
+Reads only what runs leave on disk (submission records, checkpoints, result files, scores.h5)
+and asks the scheduler (sacct) for job states, so it works from any login node at any time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from emt import paths
+from emt.config import Config, load_config
+from emt.sweeps import Run, build_sweep, run_state
+
+FAILED = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+
+
+@dataclass
+class RunStatus:
+    run: Run
+    train: str  # "complete" | "partial" | "missing"
+    train_job: str  # "<id> <STATE>" or "-"
+    step: int
+    planned_steps: int | None
+    checkpoints: int
+    scored: int
+    targets: int
+    eval_jobs: str  # e.g. "4 COMPLETED, 1 FAILED" or "-"
+    consolidated: str  # "yes" | "no" | "stale"
+    failed_logs: list[str] = field(default_factory=list)
+
+
+def _job_state(mode: str, folder: str, job_id: str, slurm: dict[str, str]) -> str:
+    from emt.slurm import local_state
+
+    if mode == "slurm":
+        return slurm.get(job_id, "UNKNOWN")
+    if mode == "local":
+        return local_state(Path(folder.replace("%j", job_id)), job_id)
+    return "DEBUG"
+
+
+def collect(cfg: Config, runs: Sequence[Run]) -> list[RunStatus]:
+    """Status rows for ``runs`` (one sacct call for all of their jobs)."""
+    from emt.evaluate import eval_hash, eval_root, scores_up_to_date, targets
+    from emt.plan import plan_runs
+    from emt.slurm import log_file, slurm_states
+
+    records: dict[str, tuple[dict, dict]] = {}
+    ids: list[str] = []
+    for run in runs:
+        tr = json.loads(paths.submission_file(run.path).read_text()) if paths.submission_file(run.path).is_file() else {}
+        ev = json.loads(paths.eval_submission_file(run.path).read_text()) if paths.eval_submission_file(run.path).is_file() else {}
+        records[run.name] = (tr, ev)
+        for rec in (tr, ev):
+            if rec.get("mode") == "slurm":
+                ids += [str(rec[k]) for k in ("job_id", "consolidate_job_id") if rec.get(k)]
+                ids += [str(j) for j in rec.get("array_job_ids", [])]
+    slurm = slurm_states(ids)
+    ehash = eval_hash(cfg)
+    planned = {p.run.name: p.steps for p in plan_runs(cfg, runs)}
+    out: list[RunStatus] = []
+    for run in runs:
+        tr, ev = records[run.name]
+        state, n = run_state(run)
+        ckpts = paths.complete_checkpoints(run.path)
+        failed: list[str] = []
+        train_job = "-"
+        if tr:
+            st = _job_state(tr["mode"], tr["log_folder"], str(tr["job_id"]), slurm)
+            train_job = f"{tr['job_id']} {st}"
+            if st in FAILED:
+                failed.append(f"train {tr['job_id']} {st}: {log_file(tr['log_folder'], str(tr['job_id']))}")
+        eval_jobs = "-"
+        if ev and ev.get("eval_hash") == ehash:
+            counts: dict[str, int] = {}
+            for jid in [*ev.get("array_job_ids", []), ev.get("consolidate_job_id")]:
+                if not jid:
+                    continue
+                st = _job_state(ev["mode"], ev["log_folder"], str(jid), slurm)
+                counts[st] = counts.get(st, 0) + 1
+                if st in FAILED:
+                    kind = "consolidate" if jid == ev.get("consolidate_job_id") else "eval task"
+                    failed.append(f"{kind} {jid} {st}: {log_file(ev['log_folder'], str(jid))}")
+            eval_jobs = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        tgt = targets(run) if ckpts else []
+        root = eval_root(run, ehash)
+        scored = sum(1 for s in tgt if paths.result_file(root, s).is_file())
+        scores = paths.scores_file(run.path)
+        consolidated = "no"
+        if scores.is_file():
+            consolidated = "yes" if tgt and scores_up_to_date(run, ehash) else "stale"
+        out.append(RunStatus(run, state, train_job, ckpts[-1][0] if ckpts else 0, planned.get(run.name), n,
+                             scored, len(tgt), eval_jobs, consolidated, failed))
+    return out
+
+
+def format_table(rows: Sequence[RunStatus]) -> str:
+    """The table launch/status.py prints, failed jobs' logs listed under it."""
+    head = f"{'run':<22}{'train':<10}{'train job':<22}{'step':>11}{'ckpts':>7}{'scored':>9}  {'eval jobs':<26}{'h5':<6}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        step = f"{r.step}/{r.planned_steps if r.planned_steps is not None else '?'}"
+        lines.append(f"{r.run.name:<22}{r.train:<10}{r.train_job:<22}{step:>11}{r.checkpoints:>7}"
+                     f"{f'{r.scored}/{r.targets}':>9}  {r.eval_jobs:<26}{r.consolidated:<6}")
+    failed = [f for r in rows for f in r.failed_logs]
+    if failed:
+        lines += ["", "Failed jobs (logs):"] + [f"  {f}" for f in failed]
+    return "\n".join(lines)
+
+
+def sweep_status(config: str | Path, *, cluster: str | Path | None = None, overrides: Sequence[str] = (),
+                 sweep: str = "all", seeds: Sequence[int] | None = None) -> int:
+    """Print the status table of a sweep; exit code 1 when a job failed."""
+    cfg = load_config(config, overrides, cluster)
+    rows = collect(cfg, build_sweep(cfg, sweep, seeds=seeds))
+    print(format_table(rows))
+    return 1 if any(r.failed_logs for r in rows) else 0
