@@ -172,6 +172,16 @@ class JobResources:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one job may ask for on this cluster (the partition's limits); None = no limit."""
+
+    time_min: int | None = None
+    gpus: int | None = None
+    cpus: int | None = None
+    mem_gb: int | None = None
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """Where and how jobs run: a cluster profile under configs/cluster/."""
 
@@ -190,6 +200,7 @@ class ClusterConfig:
     train: JobResources = field(default_factory=lambda: JobResources(time_min=1440, gpus=1, cpus=8, mem_gb=64))
     eval: JobResources = field(default_factory=lambda: JobResources(time_min=240, gpus=1, cpus=8, mem_gb=64))
     consolidate: JobResources = field(default_factory=lambda: JobResources(time_min=60, gpus=0, cpus=2, mem_gb=16))
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -470,6 +481,11 @@ def _validate(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
         need(res.gpus >= 0, f"cluster.{kind}.gpus", "must be >= 0")
         need(res.cpus >= 1, f"cluster.{kind}.cpus", "must be >= 1")
         need(res.mem_gb >= 1, f"cluster.{kind}.mem_gb", "must be >= 1")
+        for key in ("time_min", "gpus", "cpus", "mem_gb"):
+            cap = getattr(cl.limits, key)
+            need(cap is None or getattr(res, key) <= cap, f"cluster.{kind}.{key}",
+                 f"{getattr(res, key)} exceeds this cluster's limit cluster.limits.{key}={cap}; "
+                 f"lower it or use a partition that allows more")
     return out
 
 

@@ -348,3 +348,38 @@ def eval_runs(
             if ok:
                 print(f"{run.name}: {r['checkpoints']} checkpoints -> {r['scores']}")
     return 1 if failures else 0
+
+
+def eval_in_job(
+    config: str | Path,
+    *,
+    cluster: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    run_names: Sequence[str],
+    seeds: Sequence[int] | None = None,
+    task_index: int | None = None,
+    tasks: int | None = None,
+) -> int:
+    """One stage of the eval array inside an existing job (the plain sbatch templates).
+
+    With ``task_index``: shard ``task_index`` of ``tasks`` over all of the run's targets (fixed
+    shards, so every array task agrees whatever has finished), evaluated in this process; done
+    checkpoints are skipped. Without: consolidation of the run's results.
+    """
+    from emt.evaluate import EvalTask, consolidate_run, eval_hash, run_eval_task, shard, targets
+
+    cfg = load_config(config, overrides, cluster)
+    problems = eval_preflight(cfg, "in-job")
+    if problems:
+        raise PreflightError(problems)
+    ehash = eval_hash(cfg)
+    for run in build_sweep(cfg, "all", runs=list(run_names), seeds=seeds):
+        if task_index is None:
+            print(consolidate_run(run, ehash))
+            continue
+        if not tasks or not 0 <= task_index < tasks:
+            raise PreflightError([f"--task-index {task_index} needs --tasks K with 0 <= index < K"])
+        shards = shard(targets(run), tasks=tasks)
+        steps = shards[task_index] if task_index < len(shards) else []
+        print(run_eval_task(EvalTask(run, tuple(steps), task_index, ehash)))
+    return 0

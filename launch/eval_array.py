@@ -17,7 +17,7 @@ from emt.cli import add_mode, mode_of, parser
 from emt.config import ConfigError
 from emt.data import DataError
 from emt.logs import setup_logging
-from emt.pipeline import eval_runs
+from emt.pipeline import eval_in_job, eval_runs
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper.yaml"
 
@@ -32,9 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--tasks", type=int, default=None, help="number of array tasks")
     add_mode(ap)
     ap.add_argument("--dry-run", action="store_true", help="print what would be scored; submit nothing")
+    stage = ap.add_mutually_exclusive_group()
+    stage.add_argument("--task-index", type=int, default=None,
+                       help="inside a job (slurm/eval.sbatch): evaluate shard I of --tasks K here")
+    stage.add_argument("--consolidate-only", action="store_true",
+                       help="inside a job (slurm/consolidate.sbatch): consolidate the run's results here")
     args = ap.parse_intermixed_args(argv)
     setup_logging()
     try:
+        if args.task_index is not None or args.consolidate_only:
+            if args.all:
+                ap.error("--task-index/--consolidate-only take --run NAME")
+            return eval_in_job(args.config, cluster=args.cluster, overrides=args.overrides,
+                               run_names=args.run.split(","), seeds=args.seeds, task_index=args.task_index,
+                               tasks=args.tasks)
         return eval_runs(args.config, cluster=args.cluster, overrides=args.overrides,
                          run_names=None if args.all else args.run.split(","), seeds=args.seeds,
                          per_task=args.per_task, tasks=args.tasks, mode=mode_of(args),

@@ -122,3 +122,11 @@ def test_hash_is_stable_and_sensitive() -> None:
     assert len(stable_hash(a)) == 8
     assert "learning_rate" in to_yaml(a)
     assert isinstance(Config(), Config)
+
+
+def test_resources_beyond_cluster_limits_are_reported_together() -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_config(CONFIGS / "debug.yaml", ["cluster.train.gpus=5", "cluster.eval.cpus=9"])
+    text = str(ei.value)
+    assert len(ei.value.problems) == 2
+    assert "cluster.train.gpus: 5 exceeds this cluster's limit cluster.limits.gpus=4" in text
