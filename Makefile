@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.emt-installed
-EXTRAS := train,judge,store,plot,dev
+EXTRAS := train,judge,store,plot,analysis,dev
 
 .PHONY: install demo test clean
 

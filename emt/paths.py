@@ -3,7 +3,7 @@
 Layout under the output root (``cluster.output_root``)::
 
     <output_root>/
-      models/emt-tiny-s<seed>-p<steps>/      the builtin tiny model (debug config)
+      models/emt-tiny-r<recipe>-s<seed>-p<steps>/  the builtin tiny model (debug config)
       data/debug/<domain>/<stem>.jsonl       the builtin debug datasets
       judge-cache.sqlite                     judge replies keyed by (judge model, prompt)
       runs/<run name>-<config hash>/         one training run
@@ -56,7 +56,11 @@ def run_dir(root: str | Path, run_name: str, run_hash: str) -> Path:
 
 
 def builtin_model_dir(root: str | Path, seed: int, pretrain_steps: int) -> Path:
-    return output_root(root) / "models" / f"emt-tiny-s{seed}-p{pretrain_steps}"
+    """The builtin tiny model; its recipe version is in the name, so a new recipe never replaces
+    the base model that existing runs were trained on."""
+    from emt.tiny import RECIPE_VERSION
+
+    return output_root(root) / "models" / f"emt-tiny-r{RECIPE_VERSION}-s{seed}-p{pretrain_steps}"
 
 
 def builtin_data_root(root: str | Path) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from emt import paths
-from emt.config import BUILTIN_DEBUG_DATA, Config, ConfigError, stable_hash, to_dict
+from emt.config import BUILTIN_DEBUG_DATA, BUILTIN_TINY_MODEL, Config, ConfigError, stable_hash, to_dict
 from emt.data import file_sha256
 
 
@@ -56,8 +56,13 @@ def run_hash(cfg: Config, domain: str, level: str, data_sha: str | None) -> str:
     """Short hash of everything that determines a run's checkpoints (not paths or resources)."""
     ck = dataclasses.replace(cfg.checkpointing, keep_resume_state=1, heldout_batch_size=1)
     d = cfg.data
+    model = to_dict(cfg.model)
+    if cfg.model.name == BUILTIN_TINY_MODEL:
+        from emt.tiny import RECIPE_VERSION
+
+        model["tiny_recipe"] = RECIPE_VERSION  # a new recipe is a new base model: new runs
     key = {
-        "model": to_dict(cfg.model),
+        "model": model,
         "lora": to_dict(cfg.lora) if cfg.training.method == "lora" else None,
         "training": to_dict(cfg.training),
         "checkpointing": to_dict(ck),

@@ -154,3 +154,23 @@ def test_vllm_backend_through_the_array(trained: Path) -> None:
     assert all(isinstance(a, str) for a in answers.ravel())
     logs = "".join(p.read_text() for p in run_dir(trained).glob("eval-*/logs/*/*.err"))
     assert "step 6 scored" in logs
+
+
+def test_two_judges_each_kept(trained: Path) -> None:
+    """An OpenAI-format judge and the local tiny model at once: each judge's scores kept apart."""
+    from emt.store import load
+
+    with JudgeServer(process=True) as url:
+        spec = json.dumps([{"backend": "openai", "model": "judge-a", "base_url": url},
+                           {"backend": "local", "model": "builtin:tiny", "name": "tiny-local"}])
+        res = evaluate(trained, f"judge.judges={spec}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "judge judge-a" in res.stdout and "judge tiny-local" in res.stdout  # usage lines
+    d = load(paths.scores_file(run_dir(trained)))
+    assert json.loads(d["attrs"]["judge_models"]) == ["judge-a", "tiny-local"]
+    ev = d["traits"]["evil"]
+    assert set(ev["judges"]) == {"judge-a", "tiny-local"}
+    assert ev["judges"]["judge-a"]["samples"].shape == ev["judges"]["tiny-local"]["samples"].shape == (4, 3, 2)
+    import numpy as np
+
+    np.testing.assert_array_equal(ev["samples"], ev["judges"]["judge-a"]["samples"])  # the first is the default

@@ -1,0 +1,229 @@
+"""emt.analysis on synthetic trajectories with known change points.
+
+Noise level of the accuracy tests: Gaussian sigma = 5 points (0-100 scale) per checkpoint on a
+40-point rise, n = 281 checkpoints, steps 0, 2, 4, ..., change point c drawn in [0.3 n, 0.7 n].
+Bounds (from the error table, `emt.analysis.synthetic.error_table`; each has slack over what was
+measured with 200 seeds):
+  threshold (default): within +-1 checkpoint on >= 95% of step, ramp-5 (vs its margin crossing),
+    10%-NaN and NaN-at-change runs; None on >= 95% of flat runs.
+  pelt, binseg: within +-1 on >= 90% of steps; false positives <= 5%.
+  piecewise: within +-1 on >= 90% of steps and ramps (vs the foot of the ramp); fp <= 5%.
+  cusum: within +-1 on >= 70% of steps (its excursion start is biased early); fp <= 10%.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emt import analysis as A
+from emt.analysis import synthetic as syn
+
+SIGMA = 5.0
+N_SEEDS = 100
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    """The error table of every method (printed with ``pytest -s``)."""
+    t0 = time.time()
+    df = syn.error_table(n_seeds=N_SEEDS, sigma=SIGMA, verbose=True)
+    print(f"error table: {time.time() - t0:.1f} s")
+    return df
+
+
+def _row(df: pd.DataFrame, method: str, scenario: str) -> pd.Series:
+    return df[(df.method == method) & (df.scenario == scenario)].iloc[0]
+
+
+def test_default_method_accuracy(table: pd.DataFrame) -> None:
+    assert A.DEFAULT_METHOD == "threshold"
+    for sc in ("step", "step+nan10%", "step+nanrun"):
+        assert _row(table, "threshold", sc).within1 >= 95, sc
+    # on a ramp the threshold onset is where the rise clears the margin (its definition)
+    assert _row(table, "threshold", "ramp5").within1_cross >= 95
+    assert _row(table, "threshold", "flat").fp <= 5
+
+
+@pytest.mark.parametrize("method,step_min,fp_max", [
+    ("pelt", 90, 5), ("binseg", 90, 5), ("piecewise", 90, 5), ("cusum", 70, 10),
+])
+def test_other_methods_accuracy(table: pd.DataFrame, method: str, step_min: float, fp_max: float) -> None:
+    assert _row(table, method, "step").within1 >= step_min
+    assert _row(table, method, "step+nan10%").within1 >= step_min - 5
+    assert _row(table, method, "flat").fp <= fp_max
+    assert _row(table, method, "step").miss <= 5
+
+
+def test_piecewise_finds_foot_of_ramp(table: pd.DataFrame) -> None:
+    assert _row(table, "piecewise", "ramp5").within1 >= 90
+    assert _row(table, "piecewise", "ramp20").mae <= 2.0
+
+
+def test_noiseless_exact() -> None:
+    steps = np.arange(100) * 2
+    y = syn.trajectory(100, c=50)
+    for m in A.METHODS:
+        assert A.onset(steps, y, method=m) == 100, m
+    flat = syn.trajectory(100, c=None)
+    for m in A.METHODS:
+        assert A.onset(steps, flat, method=m) is None, m
+
+
+def test_nan_never_zero() -> None:
+    """Leading NaNs followed by a flat 30: a NaN read as 0 would put the baseline at 0 and fire."""
+    steps = np.arange(60) * 2
+    y = np.r_[np.full(20, np.nan), np.full(40, 30.0)]
+    for m in A.METHODS:
+        assert A.onset(steps, y, method=m) is None, m
+    # NaNs inside a run of high points do not break the run of k=5 finite points
+    y2 = np.r_[np.full(30, 10.0), [50, np.nan, 50, np.nan, 50, 50, 50], np.full(23, 50.0)]
+    assert A.onset(steps, y2) == 60
+    assert A.peak(steps[:3], np.r_[np.nan, 5.0, np.nan]) == (5.0, 2)
+    assert A.auc(steps[:3], np.array([np.nan, np.nan, 1.0])) is None
+
+
+def test_threshold_params_and_errors() -> None:
+    steps = np.arange(40) * 2
+    y = np.r_[np.full(20, 0.0), np.full(20, 8.0)]
+    assert A.onset(steps, y) is None  # below the default margin of 10
+    assert A.onset(steps, y, margin=5) == 40
+    assert A.onset(steps, y, baseline=-5) == 40
+    with pytest.raises(ValueError, match="unknown onset method"):
+        A.onset(steps, y, method="nope")
+    with pytest.raises(ValueError, match="unknown parameter"):
+        A.onset(steps, y, method="threshold", window=3)
+    with pytest.raises(ValueError, match="differ in length"):
+        A.onset(steps, y[:-1])
+
+
+def test_threshold_vectorised_matches_scalar() -> None:
+    rng = np.random.default_rng(3)
+    rows = np.stack([syn.noisy(rng, n=120, c=60, nan_frac=0.1)[1] for _ in range(50)])
+    steps = np.arange(120) * 2
+    idx = A.threshold_onset_index(rows)
+    for r, i in zip(rows, idx):
+        o = A.onset(steps, r)
+        assert (o is None and i < 0) or o == steps[i]
+
+
+def test_lead_time_sign_and_units() -> None:
+    steps = np.arange(200) * 2
+    early, late = syn.trajectory(200, c=80), syn.trajectory(200, c=100)
+    lt = A.lead_time(steps, early, late)
+    assert lt["onset_early"] == 160 and lt["onset_late"] == 200
+    assert lt["steps"] == 40 and lt["checkpoints"] == 20.0 and lt["spacing"] == 2.0
+    assert A.lead_time(steps, late, early)["checkpoints"] == -20.0
+    none = A.lead_time(steps, early, syn.trajectory(200, c=None))
+    assert none["steps"] is None and none["checkpoints"] is None
+    allm = A.lead_times_all_methods(steps, early, late)
+    assert set(allm["methods"]) == set(A.METHODS)
+    assert allm["agreement"]["n_agree"] == len(A.METHODS) and allm["agreement"]["spread"] == 0
+
+
+def test_peak_auc_coherence() -> None:
+    steps = np.arange(5) * 2
+    y = np.array([0.0, 10, 30, 20, np.nan])
+    assert A.peak(steps, y) == (30.0, 4)
+    # trapezoid over finite points (0..6), per step: (0+10)/2*2 + (10+30)/2*2 + (30+20)/2*2 = 100 -> /6
+    assert A.auc(steps, y) == pytest.approx(100 / 6)
+    assert A.coherence_drop(np.array([80.0, 70, 40, 60])) == pytest.approx(25.0)
+    assert A.coherence_drop(np.array([80.0, 70, 40, 60]), to="min") == pytest.approx(50.0)
+    coh = np.full((3, 2, 2), 50.0)
+    coh[2] = 25.0
+    coh[1, 0, 0] = np.nan
+    assert A.coherence_drop(coh) == pytest.approx(50.0)
+    t = np.arange(100) * 2
+    # ramp of 4/ckpt from checkpoint 50: the threshold onset is the first point > +10 (checkpoint 52),
+    # the peak the first point of the plateau (checkpoint 59): 7 checkpoints = 14 steps
+    assert A.time_to_peak(t, syn.trajectory(100, c=50, ramp=10)) == 14
+    assert A.time_to_peak(t, syn.trajectory(100, c=50, ramp=10), from_onset=False) == 118
+
+
+def test_bootstrap_covers_and_reproducible() -> None:
+    """95% percentile CI of the threshold onset contains the true onset in most runs (per-sample
+    data, 281 x 20 x 10, mean noise sigma=5), and the same seed gives the same interval."""
+    hits, n_runs = 0, 30
+    t0 = time.time()
+    for i in range(n_runs):
+        rng = np.random.default_rng(100 + i)
+        c = int(rng.integers(80, 200))
+        steps, x, _ = syn.samples(rng, c=c, sigma=SIGMA)
+        est, lo, hi = A.bootstrap(steps, x, "onset", n_boot=1000, seed=0)
+        hits += lo is not None and lo - 2 <= 2 * c <= hi + 2  # +-1 checkpoint (2 steps) of slack
+    per = (time.time() - t0) / n_runs
+    print(f"bootstrap 1000 x (281 x 20 x 10) threshold onset: {per:.3f} s per call; coverage {hits}/{n_runs}")
+    assert per < 1.0
+    assert hits >= 0.8 * n_runs
+    steps, x, _ = syn.samples(np.random.default_rng(7), c=140)
+    assert tuple(A.bootstrap(steps, x, n_boot=200, seed=5)) == tuple(A.bootstrap(steps, x, n_boot=200, seed=5))
+    r = A.bootstrap(steps, x, "onset", n_boot=50, seed=1, method="piecewise")
+    assert r.lo <= r.estimate <= r.hi and r.frac_none == 0.0
+    r2 = A.bootstrap(steps, x, "peak_step", n_boot=50)
+    assert r2.estimate is not None
+
+
+def test_bootstrap_lead_time_and_nan_samples() -> None:
+    rng = np.random.default_rng(11)
+    steps, e, _ = syn.samples(rng, c=100)
+    _, l_, _ = syn.samples(rng, c=120)
+    e[:, 0, :3] = np.nan  # missing scores are dropped from the means, not read as 0
+    res = A.bootstrap_lead_time(steps, e, l_, n_boot=300, seed=0)
+    assert res.estimate == pytest.approx(20.0, abs=1)
+    assert res.lo <= 20 <= res.hi
+    assert tuple(res) == tuple(A.bootstrap_lead_time(steps, e, l_, n_boot=300, seed=0))
+    with pytest.raises(ValueError, match="paired"):
+        A.bootstrap_lead_time(steps, e[:, :5], l_, n_boot=10, paired=True)
+
+
+def test_seeds_ci() -> None:
+    m, lo, hi = A.seeds_ci([10, 12, 11, 13])
+    assert m == 11.5 and lo == pytest.approx(11.5 - 3.182446 * np.std([10, 12, 11, 13], ddof=1) / 2, rel=1e-4)
+    assert A.seeds_ci([5.0]) == (5.0, None, None)
+    assert A.seeds_ci([None, 3.0, None, 5.0])[0] == 4.0
+    assert A.seeds_ci([]) == (None, None, None)
+    m, lo, hi = A.seeds_ci(list(range(100)), method="percentile")
+    assert lo == pytest.approx(2.475) and hi == pytest.approx(96.525)
+
+
+def _fake_load(run: str = "medical_mild", c_hall: int = 100, c_evil: int = 120, n: int = 200) -> dict:
+    """A dict shaped like emt.store.load output."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(n, dtype=np.int64) * 2
+    traits = {}
+    for t, c in (("hallucination", c_hall), ("evil", c_evil)):
+        _, samples, _ = syn.samples(rng, n=n, q=4, s=3, c=c, sigma=2.0)
+        coh = np.full((n, 4, 3), 90.0)
+        coh[n // 2:] = 72.0
+        traits[t] = {"score": A.mean_series(samples), "samples": samples, "coherence": coh,
+                     "responses": np.full((n, 4, 3), "x", dtype=object), "question_ids": np.array(["a", "b", "c", "d"]),
+                     "questions": np.array(["?"] * 4), "judges": {}}
+    loss = {"train": np.r_[np.nan, np.linspace(2, 1, n - 1)], "heldout": np.linspace(2.5, 1.5, n)}
+    return {"steps": steps, "loss": loss, "traits": traits, "attrs": {"run": run}}
+
+
+def test_run_summary_and_tables() -> None:
+    d = _fake_load()
+    s = A.run_summary(d)
+    assert (s["run"], s["domain"], s["level"], s["seed"]) == ("medical_mild", "medical", "mild", None)
+    assert s["traits"]["hallucination"]["onset_step"] == 200
+    assert s["traits"]["evil"]["onset_step"] == 240
+    assert s["traits"]["evil"]["coherence_drop"] == pytest.approx(20.0)
+    assert s["lead_time"]["checkpoints"] == 20.0
+    s2 = A.run_summary(_fake_load("math_strong_s3", 80, 130), method="piecewise")
+    assert s2["seed"] == 3 and s2["lead_time"]["checkpoints"] == 50.0
+    only = _fake_load()
+    del only["traits"]["evil"]
+    assert A.run_summary(only)["lead_time"] is None
+    tab = A.headline_table([s, s2])
+    assert list(tab.columns) == [
+        "run", "domain", "level", "onset_evil", "onset_hallucination", "peak_evil", "peak_hallucination",
+        "lead_checkpoints", "coherence_drop_evil", "coherence_drop_hallucination", "coherence_drop"]
+    assert tab.shape[0] == 2 and tab.lead_checkpoints.tolist() == [20.0, 50.0]
+    tidy = A.tidy_table(d)
+    assert list(tidy.columns) == ["step", "trait", "score", "coherence", "train_loss", "heldout_loss"]
+    assert len(tidy) == 2 * 200 and tidy.step.is_monotonic_increasing
+    assert tidy.coherence.iloc[-1] == pytest.approx(72.0)
