@@ -19,6 +19,8 @@ Heavy imports (openai, torch, transformers) happen inside the functions that nee
 
 from __future__ import annotations
 
+import abc
+
 import asyncio
 import concurrent.futures
 import email.utils
@@ -324,7 +326,7 @@ class _Usage:
         self.completion_tokens = 0
 
 
-class _JudgeBase:
+class _JudgeBase(abc.ABC):
     """Dedup + cache + accounting around a backend's ``_judge_missing``."""
 
     model: str
@@ -337,8 +339,9 @@ class _JudgeBase:
         self.cache = cache
         self._usage = _Usage()
 
+    @abc.abstractmethod
     async def _judge_missing(self, prompts: list[str]) -> list[_Reply]:
-        raise NotImplementedError
+        """Replies for prompts that the cache did not answer (one per prompt, in order)."""
 
     # The counters' lock doesn't pickle; an unpickled judge starts its accounting afresh.
     def __getstate__(self) -> dict[str, Any]:
