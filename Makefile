@@ -24,6 +24,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python launch/train.py --config configs/debug.yaml --local
 	$(BIN)/python launch/eval_array.py --config configs/debug.yaml --all --local
+	$(BIN)/python analysis/report.py outputs --out outputs/report
 
 test: install
 	$(BIN)/python -m pytest -q
