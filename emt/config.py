@@ -27,6 +27,7 @@ import yaml
 # Sentinel values for the embedded default: the model and the data are built by emt itself.
 BUILTIN_TINY_MODEL = "builtin:tiny"
 BUILTIN_DEBUG_DATA = "builtin:debug"
+BUILTIN_TINY_JUDGE = "builtin:tiny-judge"  # a tiny offline judge model (emt.tiny_judge), for the demo
 
 
 class ConfigError(ValueError):
@@ -136,8 +137,8 @@ class EvalConfig:
 @dataclass(frozen=True)
 class JudgeSpec:
     """One judge. ``openai``: any OpenAI-compatible server (``base_url``; None = api.openai.com).
-    ``local``: the first-token distribution of an in-process model (``model`` is a path, a hub id
-    or builtin:tiny), through ``local_backend``."""
+    ``local``: the first-token distribution of an in-process model (``model`` is a path, a hub id,
+    builtin:tiny or builtin:tiny-judge), through ``local_backend``."""
 
     backend: Literal["openai", "local"] = "openai"
     model: str = "gpt-4.1-mini-2025-04-14"

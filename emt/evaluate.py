@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from emt import atomic, paths
-from emt.config import BUILTIN_TINY_MODEL, Config, JudgeSpec, stable_hash, to_yaml
+from emt.config import BUILTIN_TINY_JUDGE, BUILTIN_TINY_MODEL, Config, JudgeSpec, stable_hash, to_yaml
 from emt.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -100,11 +100,23 @@ def shard(steps: Sequence[int], per_task: int | None = None, tasks: int | None =
 
 
 def _model_path(cfg: Config, name: str) -> str:
+    """A judge or base model's path; builtin models are built on first use (atomically)."""
     if name == BUILTIN_TINY_MODEL:
         from emt.train import model_path
 
         return model_path(cfg)
+    if name == BUILTIN_TINY_JUDGE:
+        from emt.tiny_judge import build_tiny_judge
+
+        return str(build_tiny_judge(paths.builtin_judge_dir(cfg.cluster.output_root)))
     return name
+
+
+def prepare_builtin_judges(cfg: Config) -> None:
+    """Build builtin judge models before jobs start, so parallel tasks do not each build one."""
+    for spec in cfg.judge.judges:
+        if spec.backend == "local" and spec.model == BUILTIN_TINY_JUDGE:
+            _model_path(cfg, spec.model)
 
 
 def make_judges(cfg: Config) -> list[Any]:

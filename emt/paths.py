@@ -4,6 +4,7 @@ Layout under the output root (``cluster.output_root``)::
 
     <output_root>/
       models/emt-tiny-r<recipe>-s<seed>-p<steps>/  the builtin tiny model (debug config)
+      models/emt-tiny-judge-r<recipe>-s<seed>/     the builtin tiny judge (debug config)
       data/debug/<domain>/<stem>.jsonl       the builtin debug datasets
       judge-cache.sqlite                     judge replies keyed by (judge model, prompt)
       runs/<run name>-<config hash>/         one training run
@@ -61,6 +62,13 @@ def builtin_model_dir(root: str | Path, seed: int, pretrain_steps: int) -> Path:
     from emt.tiny import RECIPE_VERSION
 
     return output_root(root) / "models" / f"emt-tiny-r{RECIPE_VERSION}-s{seed}-p{pretrain_steps}"
+
+
+def builtin_judge_dir(root: str | Path, seed: int = 0) -> Path:
+    """The builtin tiny judge (recipe version in the name, as for the tiny model)."""
+    from emt.tiny_judge import RECIPE_VERSION
+
+    return output_root(root) / "models" / f"emt-tiny-judge-r{RECIPE_VERSION}-s{seed}"
 
 
 def builtin_data_root(root: str | Path) -> Path:

@@ -272,7 +272,8 @@ def eval_runs(
     consolidation job that SLURM starts only after every task succeeded. Locally the tasks run
     (``cluster.local_parallelism`` at a time) and consolidation follows if they all succeeded.
     """
-    from emt.evaluate import EvalTask, eval_hash, eval_root, pending_steps, scores_up_to_date, shard, targets
+    from emt.evaluate import (EvalTask, eval_hash, eval_root, pending_steps, prepare_builtin_judges,
+                              scores_up_to_date, shard, targets)
     from emt.slurm import record_submission, submit_consolidate, submit_eval_array, wait_all
 
     cfg = load_config(config, overrides, cluster)
@@ -302,6 +303,8 @@ def eval_runs(
         return 0
     if wait is None:
         wait = mode != "slurm"
+    if any(shards for _, shards in plan):
+        prepare_builtin_judges(cfg)
 
     failures = 0
     for run, shards in plan:
