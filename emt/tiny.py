@@ -183,10 +183,9 @@ def qwen2_5_chat_template() -> str:
     raise RuntimeError("trl installation has no chat_templates/qwen2_5.jinja")
 
 
-def _train_tokenizer(corpus: list[dict]) -> Any:
-    """Train the byte-level BPE tokenizer and wrap it like Qwen2.5-Instruct's."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+def bpe_tokenizer() -> Any:
+    """An untrained byte-level BPE tokenizer with Qwen2's pre-tokenization (shared with tiny_judge)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -198,6 +197,15 @@ def _train_tokenizer(corpus: list[dict]) -> Any:
     # trim_offsets=False keeps character offsets exact; apply_chat_template's assistant mask
     # (trl's assistant_only_loss) maps characters to tokens through them.
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+def _train_tokenizer(corpus: list[dict]) -> Any:
+    """Train the byte-level BPE tokenizer and wrap it like Qwen2.5-Instruct's."""
+    from tokenizers import pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = bpe_tokenizer()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
         min_frequency=2,

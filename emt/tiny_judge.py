@@ -125,19 +125,12 @@ def _template_chunks() -> list[str]:
 
 
 def _train_tokenizer(texts: list[str]) -> Any:
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import AddedToken, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from emt.tiny import QWEN2_SPLIT, qwen2_5_chat_template
+    from emt.tiny import bpe_tokenizer, qwen2_5_chat_template
 
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok = bpe_tokenizer()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, min_frequency=2,
                                   special_tokens=[ENDOFTEXT, IM_START, IM_END],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
