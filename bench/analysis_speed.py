@@ -6,7 +6,7 @@ hallucination, sycophancy) x 20 questions x 10 samples through ``emt.store.conso
 schema is the real one), then times
 
   * baseline: the raw h5py read of every dataset of the 6 files (the I/O floor);
-  * analysis: ``emt.store.load`` of all 6 + ``run_summary`` + ``headline_table`` (threshold);
+  * analysis: ``emt.store.load`` of all 6 + ``run_summary`` + ``headline_table`` (default onset method, foot);
 
 and prints seconds and the ratio analysis / baseline. Target: analysis under 5 s.
 

@@ -57,7 +57,7 @@ def test_html_self_contained(report: dict) -> None:
     srcs = re.findall(r'src="([^"]*)"', page)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<link" not in page and "http://" not in page and "https://" not in page
-    assert "threshold" in page and "margin=10.0" in page  # method and its parameters
+    assert "foot" in page and "margin=10.0" in page and "penalty=5.0" in page  # method and its parameters
     assert "judge/model-a" in page and "0123456789ab" in page and "deadbeefcafe" in page  # provenance
 
 

@@ -11,7 +11,7 @@ Typical use::
 """
 
 from emt.analysis.metrics import auc, coherence_drop, lead_time, lead_times_all_methods, peak, time_to_peak
-from emt.analysis.onset import DEFAULT_METHOD, METHODS, onset, threshold_onset_index
+from emt.analysis.onset import DEFAULT_METHOD, METHODS, foot_onset_index, onset, threshold_onset_index
 from emt.analysis.summary import headline_table, parse_run_name, run_summary, tidy_table
 from emt.analysis.report import build_report, find_scores, load_runs, tidy_frame
 from emt.analysis.uncertainty import (
@@ -20,7 +20,7 @@ from emt.analysis.uncertainty import (
 
 __all__ = [
     "DEFAULT_METHOD", "METHODS", "BootstrapResult", "auc", "bootstrap", "bootstrap_lead_time", "build_report",
-    "find_scores", "load_runs", "tidy_frame",
+    "find_scores", "foot_onset_index", "load_runs", "tidy_frame",
     "coherence_drop", "headline_table", "lead_time", "lead_times_all_methods", "mean_series", "onset",
     "parse_run_name", "peak", "resampled_means", "run_summary", "seeds_ci", "threshold_onset_index",
     "tidy_table", "time_to_peak",

@@ -5,7 +5,16 @@ STEP (a value of ``steps``), or None when the trait never emerges. Scores are on
 
 Methods (``METHODS``):
 
-``threshold`` (default)
+``foot`` (default)
+    detected exactly like ``threshold`` (below: same misses, same false positives), then located
+    at the foot of the rise by a least-squares hinge fit (flat level, linear rise, plateau) over
+    the ``window`` (20) checkpoints before the margin crossing; a ramp must beat a step by
+    ``penalty`` (5) sigma^2. On a step it equals ``threshold``; on a ramp it finds where the rise
+    starts rather than where it clears the margin. At sigma = 5 points on a 40-point rise: within
+    +-1 checkpoint of the change on 99.5% of steps, 96% of 5-checkpoint ramps, 99% with 10% of
+    scores missing, 96.5% with the change hidden in a 3-checkpoint NaN gap; 0% false positives
+    on flat runs (``emt.analysis.synthetic.error_table``, 200 seeds).
+``threshold``
     baseline = mean of the first ``baseline_points`` finite scores (default 10); onset = the first
     checkpoint above baseline + ``margin`` (default 10) that stays above for ``k`` consecutive
     finite checkpoints (default 5, itself included). Measures the *crossing* of the margin, so on a
@@ -29,8 +38,8 @@ import numpy as np
 
 from emt.analysis._util import as_series, check_params, finite, robust_sigma
 
-METHODS: tuple[str, ...] = ("threshold", "cusum", "pelt", "binseg", "piecewise")
-DEFAULT_METHOD = "threshold"
+METHODS: tuple[str, ...] = ("foot", "threshold", "cusum", "pelt", "binseg", "piecewise")
+DEFAULT_METHOD = "foot"
 
 # Defaults shared by every method that has the parameter: a trait "emerges" when it rises by at
 # least MARGIN points on the 0-100 scale above a baseline estimated from BASELINE_POINTS points.
@@ -63,18 +72,15 @@ def onset(steps: Any, scores: Any, method: str = DEFAULT_METHOD, **params: Any) 
 # threshold
 
 
-def threshold_onset_index(
-    y: np.ndarray, margin: float = MARGIN, k: int = K, baseline_points: int = BASELINE_POINTS,
-    baseline: float | np.ndarray | None = None,
-) -> np.ndarray:
-    """Vectorised threshold onset over rows of ``y`` [B, n]: the column index of the onset, -1 if none.
+def _threshold_core(
+    y: np.ndarray, margin: float, k: int, baseline_points: int, baseline: float | np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Threshold detection on the NaN-compressed rows of ``y`` [B, n].
 
-    numpy only and loop-free over rows, so the bootstrap can run it on 1000 replicates at once.
-    NaN entries are skipped: each row is stably compressed so its finite values come first, runs of
-    ``k`` are counted on the compressed row, and the hit is mapped back to its original column.
-    ``baseline`` (scalar or [B]) overrides the mean of the first ``baseline_points`` finite values.
+    Returns (j, order, yc, nfin, base): ``j`` [B] the COMPRESSED index of the onset (-1 if none),
+    ``order`` [B, n] compressed -> original column, ``yc`` the compressed rows (finite values
+    first, in order), ``nfin`` [B] finite counts and ``base`` [B] the baselines.
     """
-    y = np.atleast_2d(np.asarray(y, dtype=np.float64))
     b_rows, n = y.shape
     mask = np.isfinite(y)
     order = np.argsort(~mask, axis=1, kind="stable")  # finite columns first, in their original order
@@ -87,17 +93,33 @@ def threshold_onset_index(
         with np.errstate(invalid="ignore", divide="ignore"):
             base = np.where(use, np.nan_to_num(yc), 0.0).sum(axis=1) / cnt
     else:
-        base = np.broadcast_to(np.asarray(baseline, dtype=np.float64), (b_rows,))
+        base = np.broadcast_to(np.asarray(baseline, dtype=np.float64), (b_rows,)).copy()
+    if k > n:
+        return np.full(b_rows, -1, dtype=np.int64), order, yc, nfin, base
     above = (rank < nfin[:, None]) & (yc > (base + margin)[:, None])  # NaN compares False
     # window sums of `above` over k consecutive finite points via a cumulative sum
     c = np.concatenate([np.zeros((b_rows, 1), dtype=np.int64), np.cumsum(above, axis=1)], axis=1)
-    if k > n:
-        return np.full(b_rows, -1, dtype=np.int64)
     win = c[:, k:] - c[:, :-k]  # win[:, j] = above[j:j+k].sum(), j in 0..n-k
     hit = win == k
     has = hit.any(axis=1) & np.isfinite(base)
-    j = np.argmax(hit, axis=1)
-    out = np.where(has, order[np.arange(b_rows), j], -1)
+    j = np.where(has, np.argmax(hit, axis=1), -1).astype(np.int64)
+    return j, order, yc, nfin, base
+
+
+def threshold_onset_index(
+    y: np.ndarray, margin: float = MARGIN, k: int = K, baseline_points: int = BASELINE_POINTS,
+    baseline: float | np.ndarray | None = None,
+) -> np.ndarray:
+    """Vectorised threshold onset over rows of ``y`` [B, n]: the column index of the onset, -1 if none.
+
+    numpy only and loop-free over rows, so the bootstrap can run it on 1000 replicates at once.
+    NaN entries are skipped: each row is stably compressed so its finite values come first, runs of
+    ``k`` are counted on the compressed row, and the hit is mapped back to its original column.
+    ``baseline`` (scalar or [B]) overrides the mean of the first ``baseline_points`` finite values.
+    """
+    y = np.atleast_2d(np.asarray(y, dtype=np.float64))
+    j, order, _, _, _ = _threshold_core(y, margin, k, baseline_points, baseline)
+    out = np.where(j >= 0, order[np.arange(y.shape[0]), np.maximum(j, 0)], -1)
     return out.astype(np.int64)
 
 
@@ -124,6 +146,139 @@ def onset_threshold(
     if y.size == 0:
         return None
     i = int(threshold_onset_index(y[None, :], margin, k, baseline_points, baseline)[0])
+    return None if i < 0 else int(s[i])
+
+
+# ---------------------------------------------------------------------------------------------
+# foot (default): threshold detection, located at the foot of the rise by a local hinge fit
+
+WINDOW = 20  # checkpoints searched back from the margin crossing for the foot of the rise
+PENALTY = 5.0  # a ramp must beat a step by PENALTY * sigma^2 in squared error (one more parameter)
+
+
+def _row_sigma(yc: np.ndarray, nfin: np.ndarray, min_sigma: float) -> np.ndarray:
+    """Robust noise sigma per compressed row (see ``robust_sigma``), floored at ``min_sigma``."""
+    n = yc.shape[1]
+    d = np.diff(yc, axis=1)
+    ok = np.arange(n - 1)[None, :] < (nfin - 1)[:, None]
+    d = np.where(ok, d, np.nan)
+    with np.errstate(invalid="ignore"), _quiet_nan_slices():
+        med = np.nanmedian(d, axis=1, keepdims=True)
+        mad = np.nanmedian(np.abs(d - med), axis=1)
+    sig = 1.4826 * mad / np.sqrt(2.0)
+    return np.maximum(np.nan_to_num(sig, nan=min_sigma), min_sigma)
+
+
+class _quiet_nan_slices:
+    """Silence numpy's 'All-NaN slice' warning: a row with < 2 finite points gets min_sigma."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: object) -> None:
+        self._w.__exit__(*exc)
+
+
+def foot_onset_index(
+    y: np.ndarray, margin: float = MARGIN, k: int = K, baseline_points: int = BASELINE_POINTS,
+    window: int = WINDOW, penalty: float = PENALTY, baseline: float | np.ndarray | None = None,
+    t: np.ndarray | None = None, min_sigma: float = 1.0, block: int = 64, free_base: bool = True,
+) -> np.ndarray:
+    """Vectorised ``foot`` onset over rows of ``y`` [B, n]: the column index, -1 if none.
+
+    Detection is exactly :func:`threshold_onset_index` (same margin, k, baseline: same misses and
+    false positives). The location is then moved back from the margin crossing ``j`` to the foot
+    of the rise: on the finite points from ``j - window`` to ``j + 2k``, the residuals
+    r = score - baseline are fitted by r = b * clip(t - t_h, 0, t_p - t_h) (flat at the baseline
+    up to the hinge h, a linear rise, a plateau from p on) for every hinge h < j and plateau start
+    p > h; a step is p = h + 1 (no finite point strictly inside the rise). The fit with the least
+    squared error wins, a ramp paying ``penalty * sigma^2`` (sigma: robust noise estimate) so
+    that noise does not turn a step seen across a NaN gap into a ramp. The onset is the first
+    finite checkpoint after the hinge. ``t`` [n] is the time of each column (default 0..n-1,
+    checkpoint units). All pairs (h, p) are scored at once per block of rows (numpy, no Python
+    loop over rows): 1000 bootstrap replicates take well under a second.
+    """
+    y = np.atleast_2d(np.asarray(y, dtype=np.float64))
+    b_rows, n = y.shape
+    j, order, yc, nfin, base = _threshold_core(y, margin, k, baseline_points, baseline)
+    out = np.full(b_rows, -1, dtype=np.int64)
+    rows = np.flatnonzero(j >= 0)
+    if rows.size == 0:
+        return out
+    tt = np.arange(n, dtype=np.float64) if t is None else np.asarray(t, dtype=np.float64)
+    sig = _row_sigma(yc[rows], nfin[rows], min_sigma)
+    offs = np.arange(-window, 2 * k + 1)  # window positions relative to the crossing j
+    L = offs.size
+    # candidate (hinge, plateau) positions inside the window: hinge before the crossing
+    hh, pp = np.triu_indices(L, k=1)
+    keep = offs[hh] < 0
+    hh, pp = hh[keep], pp[keep]
+    pos = np.arange(L)
+    for lo in range(0, rows.size, block):
+        r_ = rows[lo:lo + block]
+        idx = j[r_][:, None] + offs[None, :]  # compressed indices [R, L]
+        valid = (idx >= 0) & (idx < nfin[r_][:, None])
+        cidx = np.clip(idx, 0, n - 1)
+        res = np.where(valid, yc[r_[:, None], cidx] - base[r_][:, None], 0.0)
+        tw = tt[order[r_[:, None], cidx]]  # time of each window point
+        th, tp = tw[:, hh], tw[:, pp]  # [R, P]
+        x = np.clip(tw[:, None, :] - th[:, :, None], 0.0, None)
+        x = np.minimum(x, (tp - th)[:, :, None])
+        x = np.where((pos[None, None, :] > hh[None, :, None]) & valid[:, None, :], x, 0.0)  # [R, P, L]
+        sxy = np.einsum("rpl,rl->rp", x, res)
+        sxx = np.einsum("rpl,rpl->rp", x, x)
+        if free_base:
+            # flat level fitted jointly with the rise over every finite point up to the window's end
+            # (x = 0 before the hinge): far better determined than the first points' mean
+            nn = np.minimum(j[r_] + 2 * k + 1, nfin[r_]).astype(np.float64)
+            upto = np.arange(n)[None, :] < nn[:, None]
+            sres = np.where(upto, yc[r_] - base[r_][:, None], 0.0).sum(axis=1)
+            sx = x.sum(axis=2)
+            sxy = sxy - sx * (sres / nn)[:, None]
+            sxx = sxx - sx * sx / nn[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gain = np.where((sxy > 0) & (sxx > 0), sxy * sxy / sxx, -np.inf)
+        # a ramp has a finite point strictly between hinge and plateau start; a step has none
+        ramp = (pp - hh > 1)[None, :] & valid[:, np.minimum(hh + 1, L - 1)]
+        gain = gain - np.where(ramp, penalty * sig[lo:lo + block, None] ** 2, 0.0)
+        gain = np.where(valid[:, hh] & valid[:, pp], gain, -np.inf)
+        best = np.argmax(gain, axis=1)
+        ok = np.isfinite(gain[np.arange(r_.size), best])
+        on = j[r_] + offs[hh[best]] + 1  # first finite point after the hinge (compressed)
+        on = np.where(ok, on, j[r_])  # no admissible fit (e.g. a crossing at the first point)
+        out[r_] = order[r_, on]
+    return out
+
+
+def onset_foot(
+    steps: Any, scores: Any, *, method: str = "foot", margin: float = MARGIN, k: int = K,
+    baseline_points: int = BASELINE_POINTS, baseline: float | None = None, window: int = WINDOW,
+    penalty: float = PENALTY, free_base: bool = True,
+) -> int | None:
+    """Foot onset (the default): detected like ``threshold``, located at the foot of the rise.
+
+    A trait emerges when it stays above baseline + ``margin`` (10) for ``k`` (5) consecutive
+    finite checkpoints, the baseline being the mean of the first ``baseline_points`` (10) finite
+    scores, exactly as ``threshold`` decides (so the same misses and false positives). Where
+    ``threshold`` reports the margin crossing, ``foot`` reports where the rise starts: a least-
+    squares hinge fit (flat at the baseline, linear rise, plateau) over the ``window`` (20)
+    checkpoints before the crossing and 2k after it (see :func:`foot_onset_index`). On a step the
+    two agree; on a ramp ``threshold`` lags by about margin / slope checkpoints and ``foot`` does
+    not. Time is measured in steps (irregular spacing is handled).
+    """
+    if k < 1 or baseline_points < 1 or window < 1:
+        raise ValueError(f"foot: k, baseline_points and window must be >= 1 (got k={k}, "
+                         f"baseline_points={baseline_points}, window={window})")
+    s, y = as_series(steps, scores)
+    if y.size == 0:
+        return None
+    t = s.astype(np.float64) / max(float(np.median(np.diff(s))) if s.size > 1 else 1.0, 1e-12)
+    i = int(foot_onset_index(y[None, :], margin, k, baseline_points, window, penalty, baseline, t=t,
+                             free_base=free_base)[0])
     return None if i < 0 else int(s[i])
 
 
@@ -294,6 +449,11 @@ def _threshold_entry(steps: Any, scores: Any, method: str = "threshold", **p: An
     return onset_threshold(steps, scores, **p)
 
 
+def _foot_entry(steps: Any, scores: Any, method: str = "foot", **p: Any) -> int | None:
+    check_params(method, p, {"margin", "k", "baseline_points", "baseline", "window", "penalty", "free_base"})
+    return onset_foot(steps, scores, **p)
+
+
 def _cusum_entry(steps: Any, scores: Any, method: str = "cusum", **p: Any) -> int | None:
     check_params(method, p, {"margin", "drift", "h", "baseline_points", "sigma", "min_sigma"})
     return onset_cusum(steps, scores, **p)
@@ -310,6 +470,6 @@ def _piecewise_entry(steps: Any, scores: Any, method: str = "piecewise", **p: An
 
 
 _DISPATCH: dict[str, Callable[..., int | None]] = {
-    "threshold": _threshold_entry, "cusum": _cusum_entry, "pelt": _ruptures_entry,
+    "foot": _foot_entry, "threshold": _threshold_entry, "cusum": _cusum_entry, "pelt": _ruptures_entry,
     "binseg": _ruptures_entry, "piecewise": _piecewise_entry,
 }

@@ -28,7 +28,7 @@ from emt import atomic
 from emt.analysis.figures import plot_all, run_name
 from emt.analysis.metrics import lead_times_all_methods
 from emt.analysis.onset import (
-    DEFAULT_METHOD, METHODS, onset_cusum, onset_piecewise, onset_ruptures, onset_threshold,
+    DEFAULT_METHOD, METHODS, onset_cusum, onset_foot, onset_piecewise, onset_ruptures, onset_threshold,
 )
 from emt.analysis.summary import EARLY, LATE, headline_table, run_summary, tidy_table
 
@@ -96,7 +96,7 @@ def tidy_frame(runs: Sequence[Mapping[str, Any]]) -> Any:
 
 def method_parameters(method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The onset method's effective parameters: its defaults overridden by ``params``."""
-    fn = {"threshold": onset_threshold, "cusum": onset_cusum, "pelt": onset_ruptures,
+    fn = {"foot": onset_foot, "threshold": onset_threshold, "cusum": onset_cusum, "pelt": onset_ruptures,
           "binseg": onset_ruptures, "piecewise": onset_piecewise}.get(method)
     if fn is None:
         raise ValueError(f"unknown onset method {method!r}; choose one of {METHODS}")

@@ -42,7 +42,7 @@ def run_summary(
     Args:
         scores: the dict from :func:`emt.store.load` (``steps``, ``traits/<t>/score`` and
             ``coherence``; ``attrs["run"]`` names the run).
-        method, **params: the onset method and its parameters (default ``threshold``).
+        method, **params: the onset method and its parameters (default ``foot``).
         early, late: traits for the lead time (default hallucination -> evil); the lead time is
             None when either trait is absent.
         run: the run name, overriding ``attrs["run"]``.

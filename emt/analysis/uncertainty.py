@@ -9,7 +9,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from emt.analysis._util import as_series, spacing
-from emt.analysis.onset import DEFAULT_METHOD, onset, threshold_onset_index
+from emt.analysis.onset import (
+    BASELINE_POINTS, DEFAULT_METHOD, MARGIN, PENALTY, WINDOW, K, foot_onset_index, onset, threshold_onset_index,
+)
 
 
 @dataclass(frozen=True)
@@ -117,8 +119,8 @@ def bootstrap(
         n_boot: replicates (default 1000). seed: RNG seed (default 0; same seed, same result).
         level: CI level (default 0.95), percentile interval.
         within: also resample samples within questions (default False; see :func:`resampled_means`).
-        method, **params: onset method and parameters for ``stat_fn="onset"``. The default
-            threshold method is evaluated on all replicates at once (numpy, no Python loop).
+        method, **params: onset method and parameters for ``stat_fn="onset"``. The ``foot``
+            (default) and ``threshold`` methods run on all replicates at once (numpy, no Python loop).
 
     Returns:
         :class:`BootstrapResult` (unpacks as ``estimate, lo, hi``).
@@ -142,18 +144,31 @@ def _resolve(stat_fn: str | StatFn, batched: bool, method: str, params: dict[str
     if callable(stat_fn):
         return stat_fn, batched
     if stat_fn == "onset":
-        if method == "threshold" and not {"baseline"} & set(params):
-            from emt.analysis.onset import BASELINE_POINTS, K, MARGIN
+        if method in ("threshold", "foot") and not {"baseline"} & set(params):
+            # the default methods run on all replicates at once (numpy, no Python loop over rows)
             from emt.analysis._util import check_params
 
-            check_params(method, params, {"margin", "k", "baseline_points"})
-            kw = {"margin": MARGIN, "k": K, "baseline_points": BASELINE_POINTS, **params}
+            if method == "threshold":
+                check_params(method, params, {"margin", "k", "baseline_points"})
+                kw = {"margin": MARGIN, "k": K, "baseline_points": BASELINE_POINTS, **params}
 
-            def thr(st: np.ndarray, ys: np.ndarray) -> np.ndarray:
-                i = threshold_onset_index(ys, kw["margin"], kw["k"], kw["baseline_points"])
+                def idx_fn(st: np.ndarray, ys: np.ndarray) -> np.ndarray:
+                    return threshold_onset_index(ys, kw["margin"], kw["k"], kw["baseline_points"])
+            else:
+                check_params(method, params, {"margin", "k", "baseline_points", "window", "penalty", "free_base"})
+                kw = {"margin": MARGIN, "k": K, "baseline_points": BASELINE_POINTS, "window": WINDOW,
+                      "penalty": PENALTY, "free_base": True, **params}
+
+                def idx_fn(st: np.ndarray, ys: np.ndarray) -> np.ndarray:
+                    t = st.astype(np.float64) / spacing(st)
+                    return foot_onset_index(ys, kw["margin"], kw["k"], kw["baseline_points"], kw["window"],
+                                              kw["penalty"], t=t, free_base=kw["free_base"])
+
+            def batched_onset(st: np.ndarray, ys: np.ndarray) -> np.ndarray:
+                i = idx_fn(st, ys)
                 return np.where(i >= 0, st[np.maximum(i, 0)].astype(np.float64), np.nan)
 
-            return thr, True
+            return batched_onset, True
         return (lambda st, y: onset(st, y, method=method, **params)), False
     if stat_fn in ("peak_value", "peak_step"):
         from emt.analysis.metrics import peak
