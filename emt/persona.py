@@ -1,0 +1,161 @@
+"""Persona vectors: a judge-free direction per trait, and its projection at every checkpoint.
+
+For a trait with (pos, neg) system-prompt pairs (the persona_vectors JSON ``instruction`` field,
+or the project's own pairs in ``emt/trait_data``), the base model answers each question under
+both system prompts; a (pos, neg) answer pair is kept when the judge confirms it (pos trait
+score >= 50, neg < 50, both coherence >= 50); the persona vector of each layer is
+mean(pos response activations) - mean(neg response activations) over the kept pairs. At every
+checkpoint the projection of the response activations onto the unit vector (per answer and
+mean) and of their shift from step 0 are a trait signal that needs no judge.
+
+Layers follow :mod:`emt.activations` (``hidden_states`` indices; 0 = embeddings).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TRAIT_MIN = 50.0  # pos answers must score at least this on the trait, neg answers below it
+COHERENCE_MIN = 50.0  # both answers of a pair must be at least this coherent
+
+
+def confirmed_pairs(
+    pos_trait: Any, neg_trait: Any, pos_coherence: Any, neg_coherence: Any,
+    trait_min: float = TRAIT_MIN, coherence_min: float = COHERENCE_MIN,
+) -> np.ndarray:
+    """Boolean mask of (pos, neg) answer pairs the judge confirms; a NaN score never confirms."""
+    pt, nt = np.asarray(pos_trait, dtype=np.float64), np.asarray(neg_trait, dtype=np.float64)
+    pc, nc = np.asarray(pos_coherence, dtype=np.float64), np.asarray(neg_coherence, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return (pt >= trait_min) & (nt < trait_min) & (pc >= coherence_min) & (nc >= coherence_min)
+
+
+def persona_vector(pos_acts: Any, neg_acts: Any, keep: Any | None = None) -> np.ndarray:
+    """mean(pos) - mean(neg) over the kept pairs, per layer: [n, L, H] x 2 -> [L, H].
+
+    Rows with NaN (an empty answer) are dropped from their side. ValueError when no pair is kept:
+    a vector from nothing would silently be zeros.
+    """
+    p, n_ = np.asarray(pos_acts, dtype=np.float64), np.asarray(neg_acts, dtype=np.float64)
+    if p.shape != n_.shape or p.ndim != 3:
+        raise ValueError(f"pos and neg activations must both be [pairs, layers, hidden]; got {p.shape} and {n_.shape}")
+    k = np.ones(p.shape[0], dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    k = k & np.isfinite(p).all(axis=(1, 2)) & np.isfinite(n_).all(axis=(1, 2))
+    if not k.any():
+        raise ValueError("no confirmed (pos, neg) pair: the judge confirmed none of the base model's answers under "
+                         "the trait's system prompts; check the judge, or add instruction pairs / samples")
+    return p[k].mean(axis=0) - n_[k].mean(axis=0)
+
+
+def unit(vec: Any) -> np.ndarray:
+    """Each layer's vector scaled to unit length ([L, H]); a zero vector stays zero."""
+    v = np.asarray(vec, dtype=np.float64)
+    norm = np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
+
+
+def project(acts: Any, vec: Any) -> np.ndarray:
+    """Projection of activations [..., L, H] onto the unit persona vector [L, H] -> [..., L]."""
+    a = np.asarray(acts, dtype=np.float64)
+    return np.einsum("...lh,lh->...l", a, unit(vec))
+
+
+def projections(response_acts: Any, vec: Any, base_response_acts: Any | None = None) -> dict[str, np.ndarray]:
+    """Per-checkpoint persona signal from response activations [answers, L, H].
+
+    Returns ``per_answer`` [answers, L], ``mean`` [L] (NaN-aware) and, with the step-0 activations
+    of the same answers' questions, ``shift`` [L]: the projection of mean(checkpoint) - mean(step 0).
+    """
+    pa = project(response_acts, vec)
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(pa, axis=0) if pa.size else np.full(np.shape(vec)[0], np.nan)
+    out = {"per_answer": pa, "mean": mean}
+    if base_response_acts is not None:
+        a = np.asarray(response_acts, dtype=np.float64)
+        b = np.asarray(base_response_acts, dtype=np.float64)
+        shift = np.nanmean(a, axis=0) - np.nanmean(b, axis=0)
+        out["shift"] = project(shift[None], vec)[0]
+    return out
+
+
+def persona_conversations(trait: Any, max_questions: int | None = None) -> list[tuple[int, int, str, list[dict[str, str]]]]:
+    """(instruction index, question index, side, conversation) for every pos/neg system prompt x question."""
+    qs = list(trait.questions)[: max_questions or None]
+    out = []
+    for i, (pos, neg) in enumerate(trait.instructions):
+        for j, q in enumerate(qs):
+            for side, sysmsg in (("pos", pos), ("neg", neg)):
+                out.append((i, j, side, [{"role": "system", "content": sysmsg}, {"role": "user", "content": q.text}]))
+    return out
+
+
+def build(
+    trait: Any, generator: Any, judge: Any, model: Any, tokenizer: Any, layers: Sequence[int],
+    samples: int = 2, max_new_tokens: int = 128, temperature: float = 1.0, seed: int = 0,
+    max_questions: int | None = None, batch_size: int = 8,
+) -> dict[str, Any]:
+    """Build one trait's persona vector on the base model (step 0).
+
+    ``generator`` is an :mod:`emt.generate` generator (its base model answers), ``judge`` an
+    :mod:`emt.judge` judge (its ``score`` takes judge prompts), ``model``/``tokenizer`` a
+    transformers model of the same base for the activations (:func:`emt.activations.capture`).
+    Returns ``{"vector" [L, H], "layers", "kept", "pairs", "pos_trait", "neg_trait"}``.
+    """
+    from emt.activations import capture
+    from emt.generate import Target
+
+    if not trait.instructions:
+        raise ValueError(f"trait {trait.name!r} has no (pos, neg) instruction pairs; persona vectors need them "
+                         f"(the persona_vectors JSON 'instruction' field)")
+    convs = persona_conversations(trait, max_questions)
+    answers = generator.generate(Target(0), [c for *_, c in convs], samples, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, seed=seed)
+    qs = list(trait.questions)
+    flat = [(meta, a) for meta, ans in zip(convs, answers) for a in ans]
+    trait_prompts = [trait.judge_prompt_for(qs[j], a) for (_, j, _, _), a in flat]
+    coh_prompts = [trait.coherence_prompt_for(qs[j], a) for (_, j, _, _), a in flat]
+    scored = judge.score(trait_prompts + coh_prompts)
+
+    def val(x: Any) -> float:
+        return math.nan if x.score is None else float(x.score)
+
+    ts = np.array([val(x) for x in scored[: len(flat)]])
+    cs = np.array([val(x) for x in scored[len(flat):]])
+    acts = capture(model, tokenizer, [c for (_, _, _, c), _ in flat], [a for _, a in flat], layers,
+                   batch_size=batch_size)["response_mean"]
+    # convs alternate pos, neg for each (instruction, question); each has `samples` answers
+    n_pairs = len(convs) // 2
+    shape = (n_pairs, 2, samples)
+    ts, cs = ts.reshape(shape), cs.reshape(shape)
+    a = acts.reshape(n_pairs, 2, samples, *acts.shape[1:])
+    keep = confirmed_pairs(ts[:, 0], ts[:, 1], cs[:, 0], cs[:, 1]).reshape(-1)
+    pos = a[:, 0].reshape(-1, *acts.shape[1:])
+    neg = a[:, 1].reshape(-1, *acts.shape[1:])
+    vec = persona_vector(pos, neg, keep)
+    log.info("persona vector %s: %d of %d (pos, neg) answer pairs confirmed by the judge", trait.name,
+             int(keep.sum()), keep.size)
+    return {"vector": vec, "layers": list(layers), "kept": int(keep.sum()), "pairs": int(keep.size),
+            "pos_trait": float(np.nanmean(ts[:, 0])), "neg_trait": float(np.nanmean(ts[:, 1]))}
+
+
+def save(path: Path, result: dict[str, Any]) -> None:
+    """Write a persona vector (float32) and its metadata atomically."""
+    from emt.activations import save_step
+
+    meta = {k: v for k, v in result.items() if k != "vector"}
+    save_step(path, {"vector": result["vector"]}, dtype="float32", meta=meta)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A persona vector written by :func:`save`: ``{"vector", ...metadata}``."""
+    from emt.activations import load_step
+
+    arrays, meta = load_step(path)
+    return {"vector": arrays["vector"].astype(np.float64), **meta}
