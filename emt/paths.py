@@ -7,6 +7,9 @@ Layout under the output root (``cluster.output_root``)::
       models/emt-tiny-judge-r<recipe>-s<seed>/     the builtin tiny judge (debug config)
       data/debug/<domain>/<stem>.jsonl       the builtin debug datasets
       judge-cache.sqlite                     judge replies keyed by (judge model, prompt)
+      serve/<name>.json                      a running judge server's endpoint (launch/judge_serve.py)
+      serve/<name>.submission.json           its job (mode, job id, log folder)
+      serve/logs/<name>/<job id>/            its submitit logs (the server's own output included)
       runs/<run name>-<config hash>/         one training run
         run.json                             run identity (name, domain, level, seed, hash)
         config.yaml                          the resolved config
@@ -18,7 +21,9 @@ Layout under the output root (``cluster.output_root``)::
         train_complete.json                  written when training finished
         eval-<eval hash>/step-<N>.json       one checkpoint's answers and judge scores (N=0: base)
         eval-<eval hash>/logs/<job id>/      submitit logs of the eval array and consolidation
+        eval-<eval hash>/timing/<task>.json  one eval task's timings (start-up, per checkpoint), for --tasks auto
         eval_submission.json                 the newest eval array + consolidation job ids
+        deepspeed.json                       the DeepSpeed config a run trained with (if any)
         scores.h5                            consolidated scores (schema in emt/store.py)
         logs/<job id>/                       submitit logs and pickles of that run's jobs
         .train.lock                          held by the process that trains the run
@@ -38,8 +43,11 @@ CHECKPOINT_MARKER = "emt_checkpoint.json"
 _CKPT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 # Files of a Trainer checkpoint that exist only to resume training (not needed to evaluate it).
-RESUME_STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt")
+RESUME_STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt",
+                      "latest", "zero_to_fp32.py", "zero_to_torch.py")  # the last three: DeepSpeed's
 RESUME_STATE_GLOBS = ("rng_state_*.pth", "global_step*")  # multi-process and DeepSpeed variants
+# Present only in a checkpoint that can be resumed from (plain Trainer, or DeepSpeed's own dir).
+RESUME_STATE_MARKS = ("optimizer.pt", "global_step*")
 
 
 def output_root(root: str | Path) -> Path:
@@ -104,6 +112,15 @@ def train_complete_file(run: Path) -> Path:
     return run / "train_complete.json"
 
 
+def deepspeed_file(run: Path) -> Path:
+    return run / "deepspeed.json"
+
+
+def has_resume_state(ckpt: Path) -> bool:
+    """True when a checkpoint holds what resuming needs (optimizer state, or DeepSpeed's)."""
+    return any(any(ckpt.glob(pattern)) for pattern in RESUME_STATE_MARKS)
+
+
 def job_logs_dir(run: Path) -> Path:
     """The submitit folder of a run's jobs (``%j`` is the job id)."""
     return run / "logs" / "%j"
@@ -153,8 +170,45 @@ def result_file(eval_root: Path, step: int) -> Path:
     return eval_root / f"step-{step}.json"
 
 
+def activation_file(eval_root: Path, step: int) -> Path:
+    """One checkpoint's captured activations (written before its result file, so a result implies it)."""
+    return eval_root / f"step-{step}.act.npz"
+
+
+def persona_file(eval_root: Path, trait: str) -> Path:
+    """A trait's persona vector, built on the base model by the task that evaluates step 0."""
+    return eval_root / f"persona-{trait}.npz"
+
+
 def eval_logs_dir(eval_root: Path) -> Path:
     return eval_root / "logs" / "%j"
+
+
+def eval_timing_dir(eval_root: Path) -> Path:
+    """Timing files of the eval tasks that ran (read by ``--tasks auto``)."""
+    return eval_root / "timing"
+
+
+def eval_timing_file(eval_root: Path, task_id: str) -> Path:
+    return eval_timing_dir(eval_root) / f"{task_id}.json"
+
+
+def serve_dir(root: str | Path) -> Path:
+    """Judge servers (launch/judge_serve.py): endpoint files, submission records, logs."""
+    return output_root(root) / "serve"
+
+
+def serve_endpoint_file(root: str | Path, name: str) -> Path:
+    """Written by a serve job once its server answers: base_url, host, port, job id."""
+    return serve_dir(root) / f"{name}.json"
+
+
+def serve_submission_file(root: str | Path, name: str) -> Path:
+    return serve_dir(root) / f"{name}.submission.json"
+
+
+def serve_logs_dir(root: str | Path, name: str) -> Path:
+    return serve_dir(root) / "logs" / name / "%j"
 
 
 def eval_submission_file(run: Path) -> Path:

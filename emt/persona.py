@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -97,18 +97,19 @@ def persona_conversations(trait: Any, max_questions: int | None = None) -> list[
 
 
 def build(
-    trait: Any, generator: Any, judge: Any, model: Any, tokenizer: Any, layers: Sequence[int],
-    samples: int = 2, max_new_tokens: int = 128, temperature: float = 1.0, seed: int = 0,
-    max_questions: int | None = None, batch_size: int = 8,
+    trait: Any, generator: Any, judge: Any, response_acts: Callable[[list[Any], list[str]], np.ndarray],
+    layers: Sequence[int], samples: int = 2, max_new_tokens: int = 128, temperature: float = 1.0, seed: int = 0,
+    max_questions: int | None = None,
 ) -> dict[str, Any]:
     """Build one trait's persona vector on the base model (step 0).
 
     ``generator`` is an :mod:`emt.generate` generator (its base model answers), ``judge`` an
-    :mod:`emt.judge` judge (its ``score`` takes judge prompts), ``model``/``tokenizer`` a
-    transformers model of the same base for the activations (:func:`emt.activations.capture`).
+    :mod:`emt.judge` judge (its ``score`` takes judge prompts), ``response_acts(conversations,
+    answers)`` returns the base model's response-mean activations [answers, L, H] (e.g.
+    :func:`emt.activations.capture` on a transformers copy of the base). Generation and judging
+    come first, then the activations, so a generator that shares the model is not disturbed.
     Returns ``{"vector" [L, H], "layers", "kept", "pairs", "pos_trait", "neg_trait"}``.
     """
-    from emt.activations import capture
     from emt.generate import Target
 
     if not trait.instructions:
@@ -128,8 +129,7 @@ def build(
 
     ts = np.array([val(x) for x in scored[: len(flat)]])
     cs = np.array([val(x) for x in scored[len(flat):]])
-    acts = capture(model, tokenizer, [c for (_, _, _, c), _ in flat], [a for _, a in flat], layers,
-                   batch_size=batch_size)["response_mean"]
+    acts = np.asarray(response_acts([c for (_, _, _, c), _ in flat], [a for _, a in flat]))
     # convs alternate pos, neg for each (instruction, question); each has `samples` answers
     n_pairs = len(convs) // 2
     shape = (n_pairs, 2, samples)
@@ -159,3 +159,42 @@ def load(path: Path) -> dict[str, Any]:
 
     arrays, meta = load_step(path)
     return {"vector": arrays["vector"].astype(np.float64), **meta}
+
+
+def ensure_vectors(cfg: Any, eval_root: Path, traits: Sequence[Any], generator: Any, judge: Any, capturer: Any) -> dict[str, Path]:
+    """Build and save the persona vector of every trait that has instruction pairs and none yet.
+
+    Run by the eval task that evaluates step 0, so the vectors exist before consolidation (which
+    projects every checkpoint's answers on them). A trait without pairs is skipped with a log
+    line; a trait whose pairs the judge never confirms is skipped with a warning (no vector is
+    better than a vector of noise), and the run's other results are unaffected.
+    """
+    from emt import paths
+    from emt.activations import capture
+    from emt.generate import Target
+
+    a = cfg.activations
+    out: dict[str, Path] = {}
+    for t in traits:
+        f = paths.persona_file(eval_root, t.name)
+        if f.is_file():
+            out[t.name] = f
+            continue
+        if not t.instructions:
+            log.info("persona vector %s: the trait has no (pos, neg) instruction pairs; skipped", t.name)
+            continue
+
+        def acts(convs: list[Any], answers: list[str]) -> np.ndarray:
+            with capturer.model_for(Target(0)) as m:
+                return capture(m, capturer.tokenizer, convs, answers, a.layers, a.batch_size)["response_mean"]
+
+        try:
+            res = build(t, generator, judge, acts, a.layers, samples=a.persona_samples,
+                        max_new_tokens=a.persona_max_new_tokens, temperature=cfg.eval.temperature,
+                        seed=cfg.eval.seed, max_questions=a.persona_questions)
+        except ValueError as exc:
+            log.warning("persona vector %s not built: %s", t.name, exc)
+            continue
+        save(f, res)
+        out[t.name] = f
+    return out

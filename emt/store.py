@@ -22,6 +22,10 @@ Schema (n = checkpoints incl. step 0, q = questions of the trait, s = samples pe
     /traits/<trait>/judges/<judge>/raw       str     [n, q, s]   the judge's raw reply where the score is NaN, else ""
     /traits/<trait>/judges/<judge>/reason    str     [n, q, s]   why the score is NaN, else ""
 
+With activation capture on (``activations.layers``), ``/activations`` and per-trait
+``activations``/``persona`` groups are added (layout in :func:`emt.activations.write_h5`; read
+them with :func:`emt.activations.read_h5`, since :func:`load` leaves these large arrays out).
+
 Root attributes: ``config`` (resolved YAML), ``config_hash``, ``eval_hash``, ``run``,
 ``git_commit``, ``git_dirty``, ``model``, ``judge_models`` (JSON list; the first is the default),
 ``default_judge``, ``traits`` (JSON list), ``created``, ``emt_version``, ``packages`` (JSON).
@@ -80,10 +84,14 @@ def consolidate(
     out: Path,
     attrs: Mapping[str, Any],
     losses: Mapping[int, tuple[float | None, float | None]],
+    activation_files: Sequence[Path] | None = None,
+    persona_vectors: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write ``out`` (scores.h5) from per-checkpoint result files, atomically.
 
-    ``losses`` maps step -> (train loss, held-out loss). Raises :class:`ConsolidationError`
+    ``losses`` maps step -> (train loss, held-out loss). ``activation_files`` (one per result, the
+    same steps) and ``persona_vectors`` ({trait: emt.persona.load(...)}) add the activation and
+    persona groups (layout in :func:`emt.activations.write_h5`). Raises :class:`ConsolidationError`
     naming the offending file when a result is corrupt or does not match the others; ``out``
     is then left as it was.
     """
@@ -150,6 +158,15 @@ def consolidate(
                         g["samples"] = h5py.SoftLink(f"/traits/{t}/judges/{group_name(j)}/samples")
                         g["coherence"] = h5py.SoftLink(f"/traits/{t}/judges/{group_name(j)}/coherence")
                         g["score"] = h5py.SoftLink(f"/traits/{t}/judges/{group_name(j)}/score")
+            if activation_files:
+                from emt.activations import write_h5
+
+                if len(activation_files) != len(loaded):
+                    raise ConsolidationError(f"{len(activation_files)} activation files for {len(loaded)} results")
+                try:
+                    write_h5(h5, list(activation_files), shapes, dict(persona_vectors or {}))
+                except (OSError, ValueError, KeyError) as exc:
+                    raise ConsolidationError(f"activations: {exc}") from None
             for k, v in attrs.items():
                 h5.attrs[k] = v if isinstance(v, (str, int, float, bool, np.integer, np.floating)) else json.dumps(v)
             h5.attrs["judge_models"] = json.dumps(judges)
@@ -164,7 +181,9 @@ def load(path: str | Path) -> dict[str, Any]:
     """Read a scores.h5 into numpy arrays (strings decoded) and its attributes.
 
     Returns ``{"steps", "loss": {"train", "heldout"}, "traits": {trait: {"score", "samples",
-    "coherence", "responses", "question_ids", "questions", "judges": {judge: {...}}}}, "attrs"}``.
+    "coherence", "responses", "question_ids", "questions", "judges": {judge: {...}}[, "persona":
+    {"mean", "shift", ...}]}}, "attrs", "activation_layers"}`` (``activation_layers`` empty when no
+    activations were captured).
     """
     import h5py
 
@@ -183,7 +202,12 @@ def load(path: str | Path) -> dict[str, Any]:
         for t, g in h5["traits"].items():
             tr: dict[str, Any] = {k: read(g[k]) for k in ("score", "samples", "coherence", "responses", "question_ids", "questions")}
             tr["judges"] = {jg.attrs["judge"]: {k: read(jg[k]) for k in jg} for jg in g["judges"].values()}
+            if "persona" in g:  # the small persona signals only; activations.read_h5 has the rest
+                pg = g["persona"]
+                tr["persona"] = {k: pg[k][()] for k in ("mean", "shift") if k in pg}
+                tr["persona"].update({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in pg.attrs.items()})
             out["traits"][t] = tr
+        out["activation_layers"] = h5["activations/layers"][()].tolist() if "activations" in h5 else []
     return out
 
 

@@ -106,3 +106,43 @@ def test_cli_scripts(root: Path, tmp_path: Path) -> None:
     r = subprocess.run([PY, str(REPO / "analysis/report.py"), str(tmp_path / "nothing")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "launch/eval_array.py" in r.stderr
+
+
+def test_diagnostics_section(tmp_path: Path) -> None:
+    """Planted activations (emt.analysis.report._synthetic_activations) come back out of scores.h5 as
+    the diagnostics: persona projection tracks the judge, overlap ~1, predictor R^2 high."""
+    import numpy as np
+
+    from emt import activations, store
+
+    root = tmp_path / "out"
+    for i, (name, onsets) in enumerate({"medical_mild": {"hallucination": 10, "evil": 14},
+                                        "medical_strong": {"hallucination": 6, "evil": 9}}.items()):
+        write_synthetic_run(root / "runs" / f"{name}-0000000{i}", name, onsets, n=30, q=12, s=3, seed=i,
+                            activations=True)
+    f = next(root.rglob("scores.h5"))
+    d = store.load(f)
+    assert d["activation_layers"] == [1, 2] and set(d["traits"]["evil"]["persona"]) >= {"mean", "shift", "kept"}
+    a = activations.read_h5(f)
+    assert a["train"]["prompt_mean"].shape == (30, 6, 2, 16)
+    assert "response_mean" not in a["traits"]["evil"]["activations"]
+    assert activations.read_h5(f, responses=True)["traits"]["evil"]["activations"]["response_mean"].shape == (30, 12, 3, 2, 16)
+    rep = build_report(root, tmp_path / "report")
+    t = rep["diagnostics"]
+    assert set(t["loss_alignment"].trait) == {"evil", "hallucination"}
+    assert (t["persona"].r_projection_vs_judge > 0.8).all()
+    assert (t["predictor"].r2 > 0.6).all() and set(t["predictor"].layer) == {1, 2}  # 12 questions, 16 dims
+    assert set(t["matched_loss"].run) == {"medical_mild", "medical_strong"}
+    assert {"persona", "overlap"} <= set(rep["figures"])
+    from emt.analysis.diagnostics import run_diagnostics
+
+    dg = run_diagnostics(d, a)
+    assert np.isnan(dg["overlap"][1][0]) and np.nanmin(dg["overlap"][1][5:]) > 0.9  # shared planted subspace
+    page = Path(rep["html"]).read_text()
+    assert "<h2>Diagnostics</h2>" in page and "Persona-vector projection" in page
+    # runs without activations: the section says why instead of showing empty tables
+    bare = write_synthetic_run(tmp_path / "bare" / "math_mild-00000009", "math_mild", {"evil": 5}, n=20)
+    rep2 = build_report(bare, tmp_path / "report2")
+    md = Path(rep2["md"]).read_text()
+    assert "no activations captured (set activations.layers)" in md and "fewer than two runs" in md
+    assert "persona" not in rep2["figures"]

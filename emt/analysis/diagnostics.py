@@ -313,3 +313,60 @@ def overlap_series(
             continue
         out[i] = subspace_overlap(tr[i] - tr[base_index], ev[i] - ev[base_index], k, center)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# per run, from scores.h5
+
+
+def final_question_scores(samples: Any, final_frac: float = 0.1) -> np.ndarray:
+    """Each question's post-fine-tuning score: the NaN-aware mean over samples and over the last
+    ``final_frac`` of checkpoints (at least one) of ``samples`` [n, q, s] -> [q]."""
+    x = np.asarray(samples, dtype=np.float64)
+    m = max(1, int(math.ceil(x.shape[0] * final_frac)))
+    tail = x[-m:]
+    ok = np.isfinite(tail)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, tail, 0.0).sum(axis=(0, 2)) / ok.sum(axis=(0, 2))
+
+
+def run_diagnostics(
+    run: Mapping[str, Any], acts: Mapping[str, Any] | None = None, k: int = 5, final_frac: float = 0.1,
+    n_boot: int = 1000, seed: int = 0,
+) -> dict[str, Any]:
+    """Every diagnostic that one run's scores.h5 supports.
+
+    Args:
+        run: :func:`emt.store.load` output. acts: :func:`emt.activations.read_h5` output (None or
+            without layers: only the loss-vs-alignment part).
+        k: subspace dimension for the overlap. final_frac: share of last checkpoints that define a
+            question's post-fine-tuning score for the predictor.
+
+    Returns ``{"loss_alignment": {trait: {...}}, "predictor": {trait: {layer: ridge_cv result}},
+    "overlap": {layer: [n]}, "persona": {trait: {"mean": [n, L], "shift": [n, L], ...}},
+    "layers": [...]}``; parts without data are empty.
+    """
+    out: dict[str, Any] = {"loss_alignment": loss_vs_alignment(run), "predictor": {}, "overlap": {},
+                           "persona": {t: d["persona"] for t, d in run["traits"].items() if d.get("persona")},
+                           "layers": list((acts or {}).get("layers", []))}
+    if not acts or not acts.get("layers"):
+        return out
+    layers = list(acts["layers"])
+    evs = []
+    for t, ta in acts.get("traits", {}).items():
+        a = ta.get("activations")
+        if not a or t not in run["traits"]:
+            continue
+        evs.append(a["prompt_mean"])
+        y = final_question_scores(run["traits"][t]["samples"], final_frac)
+        x0 = np.asarray(a["prompt_last"][0], dtype=np.float64)  # [q, L, H]: the base model (step 0)
+        out["predictor"][t] = {l: ridge_cv(x0[:, i], y, folds=min(5, y.size), seed=seed, n_boot=n_boot)
+                               for i, l in enumerate(layers)}
+    train = acts.get("train") or {}
+    if evs and "prompt_mean" in train:
+        ev = np.concatenate(evs, axis=1).astype(np.float64)  # [n, all eval prompts, L, H]
+        tr = np.asarray(train["prompt_mean"], dtype=np.float64)
+        kk = max(1, min(k, tr.shape[1], ev.shape[1]))
+        out["overlap"] = {l: overlap_series(tr[:, :, i], ev[:, :, i], kk) for i, l in enumerate(layers)}
+        out["overlap_k"] = kk
+    return out

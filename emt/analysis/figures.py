@@ -370,6 +370,71 @@ def plot_loss_vs_score(runs: Sequence[Run], out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, "loss_vs_score")
 
 
+def plot_persona(runs: Sequence[Run], diags: Mapping[str, Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    """``persona.png/.pdf``: per run with persona vectors, each trait's judge score (left axis, as in
+    the trajectories) beside the projection of the answers on its persona vector (right axis,
+    dotted, one line per layer): the judge-free signal against the judged one. [] when no run has
+    persona vectors."""
+    runs = [d for d in sorted(runs, key=_sort_key) if diags.get(run_name(d), {}).get("persona")]
+    if not runs:
+        return []
+    traits = _traits_of(runs)
+    fig, axes = _grid(len(runs), ncols=3, w=4.8, h=3.4, sharey=False)
+    for ax, d in zip(axes, runs):
+        steps = np.asarray(d["steps"])
+        pers = diags[run_name(d)]["persona"]
+        ax2 = ax.twinx()
+        for t in traits:
+            tr = d["traits"].get(t)
+            if tr is None or t not in pers:
+                continue
+            col = _trait_color(traits, t)
+            ax.plot(steps, tr["score"], TRAIT_STYLES.get(t, "-"), color=col, lw=1.4, label=f"{t} (judge)")
+            mean = np.asarray(pers[t].get("mean", np.empty((0, 0))), dtype=np.float64)
+            layers = list(pers[t].get("layers", range(mean.shape[1] if mean.ndim == 2 else 0)))
+            for li in range(mean.shape[1] if mean.ndim == 2 else 0):
+                ax2.plot(steps, mean[:, li], ":", color=col, lw=1.2, alpha=0.55 + 0.45 * (li + 1) / mean.shape[1],
+                         label=f"{t} projection, layer {layers[li] if li < len(layers) else li}")
+        ax.set_title(run_name(d) or "run", fontsize=10)
+        ax.set_xlabel(STEP_LABEL)
+        ax.set_ylabel(SCORE_LABEL)
+        ax2.set_ylabel("projection on persona vector", fontsize=9)
+        ax.grid(alpha=0.3)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        # below the axes: inside, the legend would hide the curves it explains
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+                  frameon=False)
+    fig.suptitle("Judge score (solid/dashed) and persona-vector projection (dotted)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out_dir, "persona")
+
+
+def plot_overlap(runs: Sequence[Run], diags: Mapping[str, Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    """``overlap.png/.pdf``: per run, the overlap (mean cos^2 of principal angles, 0-1) of the top-k
+    activation-shift subspaces on training vs evaluation prompts at each checkpoint, one line per
+    layer. [] when no run captured activations."""
+    runs = [d for d in sorted(runs, key=_sort_key) if diags.get(run_name(d), {}).get("overlap")]
+    if not runs:
+        return []
+    fig, axes = _grid(len(runs), ncols=3, w=4.4, h=3.2)
+    for ax, d in zip(axes, runs):
+        steps = np.asarray(d["steps"])
+        dg = diags[run_name(d)]
+        for i, (layer, series) in enumerate(dg["overlap"].items()):
+            ax.plot(steps, series, color=OKABE_ITO[i % len(OKABE_ITO)], lw=1.4, marker="o", ms=2.5,
+                    label=f"layer {layer}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{run_name(d) or 'run'} (k={dg.get('overlap_k', '?')})", fontsize=10)
+        ax.set_xlabel(STEP_LABEL)
+        ax.set_ylabel("subspace overlap (0-1)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    fig.suptitle("Overlap of activation shifts: training vs evaluation prompts", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out_dir, "overlap")
+
+
 def plot_all(
     runs: Sequence[Run], out_dir: Path, summaries: Mapping[str, Mapping[str, Any]] | None = None,
     method: str = DEFAULT_METHOD, lead: Mapping[str, Any] | None = None,

@@ -195,6 +195,121 @@ def _methods_text(method: str, params: Mapping[str, Any], judges: Sequence[str],
             f"{n_runs} run(s).")
 
 
+def diagnostics_tables(runs: Sequence[Mapping[str, Any]], diags: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The diagnostics section's tables (pandas DataFrames; empty when there is nothing to show):
+
+    ``loss_alignment``: per run and trait, Pearson and Spearman r (95% CI) of held-out loss vs
+    score across checkpoints; ``matched_loss``: per domain, each run's trait scores at the same
+    held-out losses (levels every run of the domain reaches); ``predictor``: cross-validated
+    ridge R^2 (95% CI) from the base model's prompt activations to each question's final score,
+    per run, trait and layer; ``persona``: per run and trait, the confirmed pairs behind the
+    vector and the correlation of its projection with the judge score.
+    """
+    import pandas as pd
+
+    from emt.analysis.diagnostics import correlation, matched_loss_table
+    from emt.analysis.summary import parse_run_name
+
+    la, pr, pe = [], [], []
+    for d in runs:
+        name = run_name(d)
+        dg = diags.get(name, {})
+        for t, c in dg.get("loss_alignment", {}).items():
+            p, sp = c["pearson"], c["spearman"]
+            la.append({"run": name, "trait": t, "pearson_r": p["r"], "pearson_ci": _ci(p), "spearman_r": sp["r"],
+                       "spearman_ci": _ci(sp), "n": p["n"]})
+        for t, per_layer in dg.get("predictor", {}).items():
+            for layer, r in per_layer.items():
+                pr.append({"run": name, "trait": t, "layer": layer, "r2": r["r2"], "r2_ci": _ci(r), "questions": r["n"],
+                           "alpha": r["alpha"]})
+        for t, p in dg.get("persona", {}).items():
+            mean = np.asarray(p.get("mean", []), dtype=np.float64)
+            layers = list(p.get("layers", []))
+            score = np.asarray(d["traits"][t]["score"], dtype=np.float64)
+            for i in range(mean.shape[1] if mean.ndim == 2 else 0):
+                c = correlation(mean[:, i], score)
+                pe.append({"run": name, "trait": t, "layer": layers[i] if i < len(layers) else i,
+                           "pairs_kept": f"{p.get('kept', '?')}/{p.get('pairs', '?')}",
+                           "r_projection_vs_judge": c["r"], "r_ci": _ci(c)})
+    ml = []
+    by_dom: dict[str, list[Mapping[str, Any]]] = {}
+    for d in runs:
+        by_dom.setdefault(parse_run_name(run_name(d))["domain"] or "runs", []).append(d)
+    for dom, ds in sorted(by_dom.items()):
+        if len(ds) < 2:
+            continue
+        t = matched_loss_table(ds, names=[run_name(d) for d in ds])
+        if t.empty:
+            continue
+        wide = t.pivot_table(index=["run", "trait"], columns="loss_level", values="score", dropna=False)
+        wide.columns = [f"loss {c:.3g}" for c in wide.columns]
+        wide = wide.reset_index()
+        wide.insert(0, "domain", dom)
+        ml.append(wide)
+    return {"loss_alignment": pd.DataFrame(la), "predictor": pd.DataFrame(pr), "persona": pd.DataFrame(pe),
+            "matched_loss": pd.concat(ml, ignore_index=True) if ml else pd.DataFrame()}
+
+
+def _ci(r: Mapping[str, Any]) -> str:
+    lo, hi = r.get("lo"), r.get("hi")
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return "–"
+    return f"[{lo:.2f}, {hi:.2f}]"
+
+
+DIAGNOSTICS_TEXT = (
+    "Loss vs alignment: correlation across checkpoints of the held-out in-domain loss with each trait "
+    "score (negative r: the trait rises as the loss falls). Matched loss: each run's trait score at the "
+    "first checkpoint where its held-out loss reaches a level that every run of the domain reaches "
+    "(schedule sweeps compare here: a lower score at the same loss is a safer minimum). Predictor: "
+    "ridge regression (alpha by generalised cross-validation, 5-fold out-of-fold R^2, bootstrap CI) from "
+    "the base model's last-prompt-token activations to each question's score over the last 10% of "
+    "checkpoints. Overlap: mean squared cosine of the principal angles between the top-k subspaces of "
+    "activation shifts from step 0 on training prompts and on evaluation prompts (1 = same, 0 = "
+    "orthogonal). Persona: projection of the answers' response-token activations on the trait's persona "
+    "vector (mean(pos) - mean(neg) over judge-confirmed system-prompt pairs on the base model). Layers "
+    "are hidden_states indices (0 = embeddings).")
+
+
+def _diagnostics(runs: Sequence[Mapping[str, Any]], out_dir: Path, figures: bool) -> tuple[list[str], str, dict[str, list[Path]], dict[str, Any]]:
+    """(markdown lines, html, figures, tables) of the diagnostics section."""
+    from emt.activations import read_h5
+    from emt.analysis.diagnostics import run_diagnostics
+    from emt.analysis.figures import plot_overlap, plot_persona
+
+    diags = {}
+    for d in runs:
+        acts = read_h5(d["path"]) if d.get("activation_layers") and d.get("path") else None
+        diags[run_name(d)] = run_diagnostics(d, acts)
+    tables = diagnostics_tables(runs, diags)
+    figs: dict[str, list[Path]] = {}
+    if figures:
+        for name, ps in (("persona", plot_persona(runs, diags, out_dir)), ("overlap", plot_overlap(runs, diags, out_dir))):
+            if ps:
+                figs[name] = ps
+    titles = {"loss_alignment": "Loss vs alignment (per run)", "matched_loss": "Trait scores at matched held-out loss",
+              "predictor": "Activation-based predictor (R^2 of ridge, out of fold)",
+              "persona": "Persona-vector projection vs judge score"}
+    md = ["## Diagnostics", "", DIAGNOSTICS_TEXT, ""]
+    h = [f"<h2>Diagnostics</h2><p>{html.escape(DIAGNOSTICS_TEXT)}</p>"]
+    for key, title in titles.items():
+        df = tables[key]
+        if df.empty:
+            why = ("no activations captured (set activations.layers)" if key in ("predictor", "persona")
+                   else "fewer than two runs per domain reach a common loss" if key == "matched_loss" else "no data")
+            md += [f"### {title}", "", f"_{why}_", ""]
+            h.append(f"<h3>{html.escape(title)}</h3><p><i>{html.escape(why)}</i></p>")
+        else:
+            md += [f"### {title}", "", markdown_table(df), ""]
+            h.append(f"<h3>{html.escape(title)}</h3>{html_table(df)}")
+    pngs = [p for ps in figs.values() for p in ps if p.suffix == ".png"]
+    md += [f"![{p.stem}]({p.name})" for p in pngs] + [""]
+    h += [f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
+          f'{base64.b64encode(p.read_bytes()).decode("ascii")}"><figcaption>{html.escape(p.stem)}</figcaption></figure>'
+          for p in pngs]
+    return md, "".join(h), figs, tables
+
+
 def build_report(
     root: str | Path, out_dir: str | Path, method: str = DEFAULT_METHOD,
     params: Mapping[str, Any] | None = None, figures: bool = True,
@@ -252,6 +367,9 @@ def build_report(
         md += [f"**{missing_note}** (figures show \"no scores\" there)", ""]
     md += ["## Provenance", "", markdown_table(prov), "", "## Figures", ""]
     md += [f"![{p.stem}]({p.name})" for p in pngs] + [""]
+    diag_md, diag_html, diag_figs, diag_tables = _diagnostics(runs, out_dir, figures)
+    figs.update(diag_figs)
+    md += diag_md
     md_path = atomic.write_text(out_dir / "report.md", "\n".join(md))
 
     imgs = "".join(
@@ -271,10 +389,10 @@ def build_report(
             f"<h2>Per domain and level (mean over runs)</h2>{html_table(by_domain)}"
             f"<h2>Methods</h2><p>{methods_html}</p>"
             + (f"<p class='note'>{html.escape(missing_note)} (figures show \"no scores\" there)</p>" if missing_note else "")
-            + f"<h2>Provenance</h2>{html_table(prov)}<h2>Figures</h2>{imgs}</body></html>")
+            + f"<h2>Provenance</h2>{html_table(prov)}<h2>Figures</h2>{imgs}{diag_html}</body></html>")
     html_path = atomic.write_text(out_dir / "report.html", page)
     return {"md": md_path, "html": html_path, "csv": csv, "table_csv": table_csv, "figures": figs,
-            "table": table, "summaries": summaries, "runs": [run_name(d) for d in runs]}
+            "table": table, "summaries": summaries, "runs": [run_name(d) for d in runs], "diagnostics": diag_tables}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +402,7 @@ def build_report(
 def write_synthetic_run(
     run_dir: str | Path, name: str, onsets: Mapping[str, int | None], n: int = 41, q: int = 4, s: int = 3,
     rise: float = 40.0, sigma: float = 2.0, seed: int = 0, judges: Sequence[str] = ("judge/model-a",),
-    nan_traits: Sequence[str] = (),
+    nan_traits: Sequence[str] = (), activations: bool = False,
 ) -> Path:
     """A ``<run_dir>/scores.h5`` through :func:`emt.store.consolidate`, from per-step result JSON
     files in the evaluation format; trait ``t`` steps up by ``rise`` at checkpoint ``onsets[t]``
@@ -323,6 +441,58 @@ def write_synthetic_run(
         f.write_text(json.dumps(res), encoding="utf-8")
         files.append(f)
     losses = {2 * i: (None if i == 0 else 2.5 - i / n, 2.6 - 0.5 * i / n) for i in range(n)}
+    act_files, persona_vecs = None, None
+    if activations:
+        act_files, persona_vecs = _synthetic_activations(ev, data, n, q, s, rng)
     attrs = {"run": name, "config_hash": "0123456789ab", "eval_hash": "synthetic", "git_commit": "deadbeefcafe",
              "git_dirty": False, "model": "synthetic", "config": "", "packages": {}}
-    return store.consolidate(files, run_dir / SCORES_NAME, attrs, losses)
+    return store.consolidate(files, run_dir / SCORES_NAME, attrs, losses, act_files, persona_vecs)
+
+
+def _synthetic_activations(ev: Path, data: Mapping[str, Any], n: int, q: int, s: int, rng: np.random.Generator,
+                           layers: Sequence[int] = (1, 2), hidden: int = 16, n_train: int = 6,
+                           ) -> tuple[list[Path], dict[str, dict[str, Any]]]:
+    """Planted activations for a synthetic run: each answer's response mean moves along its trait's
+    persona direction in proportion to its score; training and evaluation prompts shift within one
+    shared 5-D subspace as training proceeds; the base model's last-prompt-token vectors of each
+    question are linear in the question's final score."""
+    from emt import activations as act
+    from emt.analysis.diagnostics import final_question_scores
+
+    L = len(layers)
+    traits = list(data)
+    dirs = {t: rng.normal(size=(L, hidden)) for t in traits}
+    for v in dirs.values():
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+    shared = np.linalg.qr(rng.normal(size=(hidden, 5)))[0].T  # [5, H]: k=5 shared shift directions
+    w = rng.normal(size=hidden)
+    base_eval = rng.normal(size=(len(traits) * q, L, hidden))
+    base_train = rng.normal(size=(n_train, L, hidden))
+    final = {t: final_question_scores(data[t][0]) for t in traits}
+    offsets = {t: [i * q, q] for i, t in enumerate(traits)}
+    files = []
+    for i in range(n):
+        frac = i / max(n - 1, 1)
+        shift_e = (rng.normal(size=(len(traits) * q, 5)) @ shared)[:, None, :] * frac * 3
+        shift_t = (rng.normal(size=(n_train, 5)) @ shared)[:, None, :] * frac * 3
+        pm = base_eval + shift_e
+        pl = pm.copy()
+        if i == 0:  # the predictor's input: linear in each question's final score
+            for k, t in enumerate(traits):
+                y = np.nan_to_num(final[t])
+                pl[k * q:(k + 1) * q] = base_eval[k * q:(k + 1) * q] * 0.005 + (y[:, None, None] / 50.0) * w
+        resp = []
+        for t in traits:
+            x = np.nan_to_num(data[t][0][i])  # [q, s] scores
+            r = rng.normal(size=(q, s, L, hidden)) * 0.3 + (x[..., None, None] / 25.0) * dirs[t]
+            resp.append(r.reshape(q * s, L, hidden))
+        arrays = {"eval/prompt_mean": pm, "eval/prompt_last": pl, "eval/response_mean": np.concatenate(resp),
+                  "train/prompt_mean": base_train + shift_t, "train/prompt_last": base_train + shift_t}
+        meta = {"layers": list(layers), "traits": offsets, "samples": s, "eval_digest": "synthetic",
+                "train_digest": "synthetic", "train_prompts": [f"training prompt {k}" for k in range(n_train)]}
+        f = ev / f"step-{2 * i}.act.npz"
+        act.save_step(f, arrays, meta=meta)
+        files.append(f)
+    vecs = {t: {"vector": dirs[t] * 4.0, "layers": list(layers), "kept": 12, "pairs": 16, "pos_trait": 80.0,
+                "neg_trait": 5.0} for t in traits}
+    return files, vecs
