@@ -180,6 +180,30 @@ def persona_file(eval_root: Path, trait: str) -> Path:
     return eval_root / f"persona-{trait}.npz"
 
 
+def monitor_dir(run: Path) -> Path:
+    """Live monitoring state of a run: alerts, the follow loop's progress."""
+    return run / "monitor"
+
+
+def alert_file(run: Path, trait: str) -> Path:
+    """One JSON event per trait whose onset the monitor detected (written once, atomically)."""
+    return monitor_dir(run) / f"alert-{trait}.json"
+
+
+def monitor_state_file(run: Path) -> Path:
+    return monitor_dir(run) / "state.json"
+
+
+def stop_request_file(run: Path) -> Path:
+    """Written by the monitor to ask the training job to stop at its next step boundary."""
+    return run / "stop_request.json"
+
+
+def intervention_file(run: Path) -> Path:
+    """Written by the training job when it honoured a stop request: what it did and where."""
+    return run / "intervention.json"
+
+
 def eval_logs_dir(eval_root: Path) -> Path:
     return eval_root / "logs" / "%j"
 

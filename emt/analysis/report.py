@@ -200,7 +200,8 @@ def diagnostics_tables(runs: Sequence[Mapping[str, Any]], diags: Mapping[str, Ma
 
     ``loss_alignment``: per run and trait, Pearson and Spearman r (95% CI) of held-out loss vs
     score across checkpoints; ``matched_loss``: per domain, each run's trait scores at the same
-    held-out losses (levels every run of the domain reaches); ``predictor``: cross-validated
+    held-out losses (levels every run of the domain reaches); ``schedules``: the same for the runs
+    of a learning-schedule sweep (one domain and level, several schedules); ``predictor``: cross-validated
     ridge R^2 (95% CI) from the base model's prompt activations to each question's final score,
     per run, trait and layer; ``persona``: per run and trait, the confirmed pairs behind the
     vector and the correlation of its projection with the judge score.
@@ -231,23 +232,33 @@ def diagnostics_tables(runs: Sequence[Mapping[str, Any]], diags: Mapping[str, Ma
                 pe.append({"run": name, "trait": t, "layer": layers[i] if i < len(layers) else i,
                            "pairs_kept": f"{p.get('kept', '?')}/{p.get('pairs', '?')}",
                            "r_projection_vs_judge": c["r"], "r_ci": _ci(c)})
-    ml = []
+    def matched(groups: Mapping[str, Sequence[Mapping[str, Any]]], label: str) -> Any:
+        parts = []
+        for key, ds in sorted(groups.items()):
+            if len(ds) < 2:
+                continue
+            t = matched_loss_table(ds, names=[run_name(d) for d in ds])
+            if t.empty:
+                continue
+            wide = t.pivot_table(index=["run", "trait"], columns="loss_level", values="score", dropna=False)
+            wide.columns = [f"loss {c:.3g}" for c in wide.columns]
+            wide = wide.reset_index()
+            wide.insert(0, label, key)
+            parts.append(wide)
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
     by_dom: dict[str, list[Mapping[str, Any]]] = {}
+    by_sched: dict[str, list[Mapping[str, Any]]] = {}
     for d in runs:
-        by_dom.setdefault(parse_run_name(run_name(d))["domain"] or "runs", []).append(d)
-    for dom, ds in sorted(by_dom.items()):
-        if len(ds) < 2:
-            continue
-        t = matched_loss_table(ds, names=[run_name(d) for d in ds])
-        if t.empty:
-            continue
-        wide = t.pivot_table(index=["run", "trait"], columns="loss_level", values="score", dropna=False)
-        wide.columns = [f"loss {c:.3g}" for c in wide.columns]
-        wide = wide.reset_index()
-        wide.insert(0, "domain", dom)
-        ml.append(wide)
+        p = parse_run_name(run_name(d))
+        if p["variant"] is None:
+            by_dom.setdefault(p["domain"] or "runs", []).append(d)
+        by_sched.setdefault(f"{p['domain']}_{p['level']}", []).append(d)
+    # the schedule sweep: one domain and level under several schedules (the plain run included)
+    sched = {k: v for k, v in by_sched.items()
+             if any(parse_run_name(run_name(d))["variant"] for d in v)}
     return {"loss_alignment": pd.DataFrame(la), "predictor": pd.DataFrame(pr), "persona": pd.DataFrame(pe),
-            "matched_loss": pd.concat(ml, ignore_index=True) if ml else pd.DataFrame()}
+            "matched_loss": matched(by_dom, "domain"), "schedules": matched(sched, "run group")}
 
 
 def _ci(r: Mapping[str, Any]) -> str:
@@ -288,6 +299,7 @@ def _diagnostics(runs: Sequence[Mapping[str, Any]], out_dir: Path, figures: bool
             if ps:
                 figs[name] = ps
     titles = {"loss_alignment": "Loss vs alignment (per run)", "matched_loss": "Trait scores at matched held-out loss",
+              "schedules": "Learning-schedule sweep at matched held-out loss",
               "predictor": "Activation-based predictor (R^2 of ridge, out of fold)",
               "persona": "Persona-vector projection vs judge score"}
     md = ["## Diagnostics", "", DIAGNOSTICS_TEXT, ""]
@@ -296,7 +308,8 @@ def _diagnostics(runs: Sequence[Mapping[str, Any]], out_dir: Path, figures: bool
         df = tables[key]
         if df.empty:
             why = ("no activations captured (set activations.layers)" if key in ("predictor", "persona")
-                   else "fewer than two runs per domain reach a common loss" if key == "matched_loss" else "no data")
+                   else "fewer than two runs per domain reach a common loss" if key == "matched_loss"
+                   else "no schedule-sweep runs (launch/train.py --sweep schedules)" if key == "schedules" else "no data")
             md += [f"### {title}", "", f"_{why}_", ""]
             h.append(f"<h3>{html.escape(title)}</h3><p><i>{html.escape(why)}</i></p>")
         else:

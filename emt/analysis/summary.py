@@ -14,15 +14,18 @@ EARLY, LATE = "hallucination", "evil"
 
 
 def parse_run_name(name: str) -> dict[str, Any]:
-    """``<domain>_<level>[_s<seed>]`` (see ``emt.sweeps.build_sweep``) -> domain, level, seed (None if absent).
+    """``<domain>_<level>[_<variant>][_s<seed>]`` (see ``emt.sweeps.build_sweep``) -> domain, level,
+    variant (a schedule-sweep run's ``cosine-lr1e-05-adamw-torch``) and seed (None if absent).
 
-    Domain and level names contain no underscore (the config validates them), so the split is
-    unambiguous; an unparseable name gives domain = level = None.
+    Domain, level and variant names contain no underscore (the config validates domain and
+    level; variants are built without one), so the split is unambiguous; an unparseable name
+    gives None everywhere.
     """
-    m = re.fullmatch(r"([^_]+)_([^_]+)(?:_s(\d+))?", name or "")
+    m = re.fullmatch(r"([^_]+)_([^_]+)(?:_(?!s\d+$)([^_]+))?(?:_s(\d+))?", name or "")
     if not m:
-        return {"domain": None, "level": None, "seed": None}
-    return {"domain": m.group(1), "level": m.group(2), "seed": None if m.group(3) is None else int(m.group(3))}
+        return {"domain": None, "level": None, "variant": None, "seed": None}
+    return {"domain": m.group(1), "level": m.group(2), "variant": m.group(3),
+            "seed": None if m.group(4) is None else int(m.group(4))}
 
 
 def _coherence_series(tr: Mapping[str, Any]) -> np.ndarray | None:
