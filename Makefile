@@ -4,7 +4,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.emt-installed
-EXTRAS := train,judge,store,plot,analysis,dev
+# deepspeed: full fine-tuning (ZeRO-2/3) tests run for real on CPU. It builds from source in
+# seconds (no ops are compiled at install; emt avoids the ones that would compile at run time).
+EXTRAS := train,deepspeed,judge,store,plot,analysis,dev
 
 .PHONY: install demo test clean
 

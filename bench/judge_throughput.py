@@ -5,6 +5,8 @@ Run::
     python bench/judge_throughput.py                          # 50 ms, concurrency 16,64,256
     python bench/judge_throughput.py --latency 0.2 --concurrency 8,32 --requests 400
     python bench/judge_throughput.py --transport httpx,aiohttp
+    python bench/judge_throughput.py --base-url http://node12:8000/v1 --model Qwen/Qwen2.5-7B-Instruct \
+        --concurrency 8,32,128       # a real judge server (launch/judge_serve.py), e.g. on a GPU node
 
 It starts ``emt.judge_server`` in a child process (so the server's CPU is not the client's) and
 scores distinct prompts with one OpenAIJudge in this process (no cache) at each concurrency.
@@ -15,6 +17,10 @@ a real provider, 0.3-1 s per request); well below 1 means the client's own CPU p
 (shown as "client CPU/req"; one client process cannot exceed about 1 / that). Each setting runs
 at least ``--requests`` requests, rounded up to 4 full waves of ``concurrency`` so the bound is
 reachable; the default run takes about 15 s on 2 cores.
+
+With ``--base-url`` the requests go to that server instead (``vllm serve`` of a judge model; the
+prompts are then judge-sized: ``--prompt-chars``), and the bound uses the latency measured there
+(median of sequential requests), so the ratio shows how far concurrency scales on it.
 """
 
 from __future__ import annotations
@@ -30,12 +36,13 @@ from emt.judge import OpenAIJudge
 from emt.judge_server import JudgeServer
 
 
-def bench(url: str, transport: str, concurrency: int, n: int, latency: float) -> dict[str, float]:
+def bench(url: str, transport: str, concurrency: int, n: int, latency: float, model: str = "gpt-4.1-mini",
+          pad: str = "") -> dict[str, float]:
     """Score ``n`` fresh prompts at ``concurrency``; returns rate, bound, ratio, CPU/request."""
-    judge = OpenAIJudge(base_url=url, max_concurrency=concurrency, transport=transport,  # type: ignore[arg-type]
-                        max_retries=0, timeout_s=30.0)
-    judge.score([f"warm-up {transport} {concurrency} {i}" for i in range(concurrency)])
-    prompts = [f"bench {transport} {concurrency} {i}" for i in range(n)]
+    judge = OpenAIJudge(model=model, base_url=url, max_concurrency=concurrency, transport=transport,  # type: ignore[arg-type]
+                        max_retries=0, timeout_s=120.0)
+    judge.score([f"warm-up {transport} {concurrency} {i} {pad}" for i in range(concurrency)])
+    prompts = [f"bench {transport} {concurrency} {i} {pad}" for i in range(n)]
     t0, c0 = time.perf_counter(), time.process_time()
     res = judge.score(prompts)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -54,11 +61,39 @@ def main(argv: list[str] | None = None) -> None:
     default_transports = "httpx,aiohttp" if importlib.util.find_spec("aiohttp") else "httpx"
     ap.add_argument("--transport", default=default_transports,
                     help=f"comma-separated: httpx, aiohttp (default {default_transports})")
+    ap.add_argument("--base-url", default=None, help="a real OpenAI-format judge server instead of the fake one")
+    ap.add_argument("--model", default="gpt-4.1-mini", help="with --base-url: the served model name")
+    ap.add_argument("--prompt-chars", type=int, default=3000,
+                    help="with --base-url: prompt length (a judge prompt: rubric + question + answer)")
     args = ap.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     transports = args.transport.split(",")
     os.environ.setdefault("OPENAI_API_KEY", "EMPTY")  # the local server ignores it
 
+    if args.base_url:
+        import statistics
+
+        pad = ("Rate the answer below from 0 to 100. " * 200)[:args.prompt_chars]
+        probe = OpenAIJudge(model=args.model, base_url=args.base_url, max_concurrency=1, max_retries=0,
+                            timeout_s=120.0)
+        lat = []
+        for i in range(8):
+            t0 = time.perf_counter()
+            probe.score([f"latency probe {i} {pad}"])
+            lat.append(time.perf_counter() - t0)
+        latency = statistics.median(lat)
+        print(f"OpenAIJudge vs {args.base_url} ({args.model}), median sequential latency {latency * 1e3:.0f} ms, "
+              f"prompts of {args.prompt_chars} chars, python {sys.version.split()[0]}, {os.cpu_count()} cores")
+        print(f"{'transport':>9} {'conc':>5} {'requests':>8} {'req/s':>7} {'bound':>7} {'ratio':>6} "
+              f"{'client CPU/req':>14}")
+        for transport in transports:
+            for c in levels:
+                n = math.ceil(max(args.requests, 4 * c) / c) * c
+                r = bench(args.base_url, transport, c, n, latency, args.model, pad)
+                note = f"  ({r['failed']} failed)" if r["failed"] else ""
+                print(f"{transport:>9} {c:>5} {n:>8} {r['rate']:>7.0f} {r['bound']:>7.0f} "
+                      f"{r['ratio']:>6.2f} {r['cpu_ms']:>11.2f} ms{note}", flush=True)
+        return
     print(f"OpenAIJudge vs emt.judge_server (latency {args.latency * 1e3:.0f} ms, child process), "
           f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
     print(f"{'transport':>9} {'conc':>5} {'requests':>8} {'req/s':>7} {'bound':>7} {'ratio':>6} "

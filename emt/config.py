@@ -83,7 +83,10 @@ class TrainingConfig:
     optimizer: str = "adamw_torch"
     gradient_checkpointing: bool = False
     bf16: bool = True  # on GPUs; CPU runs always use float32
-    deepspeed: str | None = None  # path of a DeepSpeed JSON config
+    # DeepSpeed: a short name of a config under configs/deepspeed/ (zero2, zero3, zero3_offload)
+    # or the path of a DeepSpeed JSON file; None trains without DeepSpeed (plain DDP when
+    # cluster.train.gpus > 1). Full fine-tuning of a model that does not fit one GPU needs zero3.
+    deepspeed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,17 @@ class CheckpointConfig:
     # cap bounds its cost (a full 10% split every 2 steps would cost more than training).
     heldout_max_examples: int | None = 200
     heldout_batch_size: int = 8
+    # Resume state is written only at checkpoints whose step is a multiple of this (None: at
+    # every checkpoint). A full model's resume state is ~6x its bf16 weights (fp32 master copy
+    # and two Adam moments), so writing it every 2 steps dominates a full fine-tuning run; a
+    # restart then resumes from the newest checkpoint that has it and keeps (does not redo) the
+    # complete checkpoints after it. Must be a multiple of every_steps.
+    resume_state_every: int | None = None
+    # Disk: keep only checkpoints whose step is a multiple of this, plus the last one (None: keep
+    # all). An off-grid checkpoint is deleted as soon as a newer checkpoint is complete, so it
+    # must be evaluated while it exists (on-the-fly evaluation) or its step is lost (scores and
+    # held-out loss alike). Must be a multiple of every_steps.
+    keep_every: int | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,40 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class VLLMEngineConfig:
+    """vLLM engine settings of the eval tasks (``eval.vllm.*``; the vllm backend only).
+
+    The defaults suit one H100 80 GB serving Qwen2.5-7B-Instruct with rank-32 LoRA checkpoints.
+    On vLLM's CPU build emt adds what that build needs (a fixed KV cache, no chunked prefill,
+    emt's grouped CPU LoRA kernels: see emt/generate.py); configs/debug.yaml sets CPU values.
+    None leaves a setting to vLLM.
+    """
+
+    # Share of GPU memory the engine may claim (weights + KV cache + activations). On the CPU
+    # build the KV cache has a fixed size (``cpu_kv_cache_gb``) and this only bounds RAM checks.
+    gpu_memory_utilization: float = 0.90
+    # Longest prompt + answer in tokens: the eval prompts are < 300 tokens and answers at most
+    # eval.max_new_tokens (1000), so 4096 leaves margin without reserving per-sequence room for
+    # Qwen's 32k context. Lowered to the model's own limit when that is smaller.
+    max_model_len: int | None = 4096
+    max_num_seqs: int | None = 256  # sequences decoded together (a step's batch)
+    max_num_batched_tokens: int | None = None  # tokens per scheduler step (None: vLLM's; CPU: emt's)
+    # Distinct LoRA adapters in one batch (GPU slots): at least checkpoints_per_call. Each slot
+    # of a rank-32 7B adapter costs ~80 MB; more slots only reserve memory.
+    max_loras: int = 4
+    max_cpu_loras: int | None = None  # adapters kept in host memory between batches (None: max_loras)
+    enable_prefix_caching: bool = True  # the n samples of a question share its prompt's KV blocks
+    tensor_parallel_size: int = 1  # GPUs per engine (cluster.eval.gpus must be at least this)
+    enforce_eager: bool = False  # True skips CUDA graph capture (faster start, slower decode)
+    # Checkpoints whose requests go into one generate call (each with its own LoRARequest). More
+    # fill the GPU better when one checkpoint's batch is small; 1 lets the judge of checkpoint i
+    # overlap the generation of i+1 most finely. Measured in docs/performance.md.
+    checkpoints_per_call: int = 1
+    cpu_kv_cache_gb: float = 1.0  # vLLM CPU build only: KV cache size in GiB
+    cpu_lora_kernels: bool = True  # vLLM CPU build only: emt's grouped LoRA kernels (emt/vllm_cpu_lora.py)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Checkpoint evaluation (launch/eval_array.py)."""
 
@@ -130,8 +178,18 @@ class EvalConfig:
     seed: int = 0
     checkpoints_per_task: int = 20  # array sizing when neither --per-task nor --tasks is given
     batch_size: int = 64  # hf backend: sequences generated at once
-    gpu_memory_utilization: float = 0.85  # vllm backend
-    max_model_len: int | None = None  # vllm backend (None: the model's)
+    vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
+    # Judge checkpoint i in a worker thread while checkpoint i+1 generates (scores identical to
+    # the sequential path); at most judge_queue generated checkpoints wait for their judge.
+    pipeline_judge: bool = True
+    judge_queue: int = 2
+    # --tasks auto: what one checkpoint costs a task (generation + judging, seconds) and what a
+    # task pays once (model/engine start), used until task timing files of an earlier run with
+    # the same eval config exist (then their medians are used). time_budget is the share of
+    # cluster.eval.time_min a task plans to fill (the rest is margin for slow nodes).
+    checkpoint_cost_s: float = 60.0
+    task_startup_s: float = 180.0
+    time_budget: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -143,12 +201,40 @@ class JudgeSpec:
     backend: Literal["openai", "local"] = "openai"
     model: str = "gpt-4.1-mini-2025-04-14"
     name: str | None = None  # how scores are labelled (default: the model)
+    # An OpenAI-compatible server: a URL, or ``serve:<name>`` for a judge.servers entry started
+    # with launch/judge_serve.py (resolved from its endpoint file when the eval task starts).
     base_url: str | None = None
     local_backend: Literal["hf", "vllm"] = "hf"
 
     @property
     def label(self) -> str:
         return self.name or self.model
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    """A judge model served on a GPU node by ``vllm serve`` (launch/judge_serve.py), reached by
+    judges whose ``base_url`` is ``serve:<name>``. The server publishes its host:port in
+    ``<output_root>/serve/<name>.json`` once it answers ``/v1/models``."""
+
+    name: str = ""  # referenced as base_url: serve:<name>
+    model: str = ""  # hub id or path, served under this same name (the judges' model must match)
+    port: int = 0  # 0: a free port picked on the node
+    host: str = "0.0.0.0"  # bind address; a loopback bind advertises 127.0.0.1, else the node's name
+    dtype: str = "auto"
+    gpu_memory_utilization: float = 0.90
+    max_model_len: int | None = 8192  # a judge prompt holds a question, an answer (<= 1000 tokens) and a rubric
+    max_num_seqs: int | None = None
+    tensor_parallel_size: int = 1
+    enable_prefix_caching: bool = True  # the rubric prefix is shared by every prompt of a trait
+    extra_args: tuple[str, ...] = ()  # more `vllm serve` flags, e.g. [--quantization, fp8]
+    # Replaces the whole command (placeholders {model} {host} {port} {name}); empty: vllm serve.
+    command: tuple[str, ...] = ()
+    startup_timeout_s: float = 1800.0  # until /v1/models answers (model download + load)
+    time_min: int = 720  # the serve job's time limit
+    gpus: int = 1
+    cpus: int = 8
+    mem_gb: int = 64
 
 
 @dataclass(frozen=True)
@@ -160,11 +246,18 @@ class JudgeConfig:
     timeout_s: float = 60.0
     max_retries: int = 6
     cache: bool = True  # a persistent SQLite cache under the output root: a rerun costs no call
+    servers: tuple[ServeSpec, ...] = ()  # judge models served on the cluster (launch/judge_serve.py)
+    serve_wait_s: float = 900.0  # how long an eval task waits for a serve: judge to be up
 
 
 @dataclass(frozen=True)
 class JobResources:
-    """Resources of one kind of job."""
+    """Resources of one kind of job.
+
+    For training, ``gpus`` is also the number of processes: ``gpus: N`` (N > 1) makes the job
+    run N tasks, one per GPU, that train one run data-parallel (world size N, read from SLURM);
+    ``cpus`` and ``mem_gb`` are for the whole job (each task gets ``cpus // N`` CPUs).
+    """
 
     time_min: int = 60
     gpus: int = 1
@@ -196,12 +289,72 @@ class ClusterConfig:
     array_parallelism: int = 16
     local_parallelism: int = 1  # --local: how many jobs run at once on this machine
     gpu_tflops: float = 400.0  # effective bf16 TFLOP/s per GPU, for the dry-run's estimates
+    # Checkpoint space a sweep may use on output_root; the dry-run plan warns (with the numbers
+    # and what to change) when its estimate exceeds this. None: no check.
     disk_budget_gb: float | None = None
     setup: tuple[str, ...] = ()  # shell lines run first in every SLURM job (module load, ...)
     train: JobResources = field(default_factory=lambda: JobResources(time_min=1440, gpus=1, cpus=8, mem_gb=64))
     eval: JobResources = field(default_factory=lambda: JobResources(time_min=240, gpus=1, cpus=8, mem_gb=64))
     consolidate: JobResources = field(default_factory=lambda: JobResources(time_min=60, gpus=0, cpus=2, mem_gb=16))
     limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class ActivationConfig:
+    """Activation capture and persona vectors, run by the eval array (emt/activations.py).
+
+    ``layers`` are ``hidden_states`` indices: 0 = the embeddings, i = the output of decoder layer
+    i, -1 = the last (normed) output; empty = no capture. Captured per checkpoint (and step 0):
+    the evaluation prompts (prompt mean and last token), the generated answers (response mean)
+    and a fixed, seeded sample of ``train_prompts`` training prompts.
+    """
+
+    layers: tuple[int, ...] = ()
+    train_prompts: int = 64
+    sample_seed: int = 0
+    dtype: Literal["float16", "float32"] = "float16"
+    batch_size: int = 8
+    persona: bool = True  # build each trait's persona vector (needs its instruction pairs) and project on it
+    persona_samples: int = 2  # answers per (system prompt, question) on the base model
+    persona_questions: int | None = None  # the first N questions (None = all)
+    persona_max_new_tokens: int = 128
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Live monitoring during training (``--follow`` / ``--monitor``; emt/monitor.py).
+
+    Each watched trait gets an online onset detector (the analysis onset ``method`` and its
+    parameters, deciding with the checkpoints scored so far). At an alert the trait's action
+    runs: ``mark`` (record it only), ``stop`` (the training job stops at its next step boundary,
+    every checkpoint intact) or ``rollback`` (stop, and record the newest checkpoint before the
+    onset as the run's result).
+    """
+
+    traits: tuple[str, ...] = ()  # empty = every eval trait
+    method: str = "foot"
+    margin: float = 10.0
+    k: int = 5
+    baseline_points: int = 10
+    actions: dict[str, str] = field(default_factory=dict)  # trait -> mark | stop | rollback
+    webhook_url: str | None = None  # POSTed a JSON alert; failures are logged, never fatal
+    poll_s: float = 30.0
+    max_batch: int = 8  # checkpoints scored per round (the newest pending ones)
+    idle_timeout_min: float = 120.0  # stop following when nothing new appears and training is not running
+
+
+@dataclass(frozen=True)
+class ScheduleSweepConfig:
+    """The learning-schedule sweep (``--sweep schedules``): one domain and level trained under
+    every combination of scheduler x peak learning rate x optimizer, compared at matched loss."""
+
+    domain: str = "medical"
+    level: str = "strong"
+    lr_schedulers: tuple[str, ...] = ("linear", "cosine", "constant")
+    learning_rates: tuple[float, ...] = ()  # empty = training.learning_rate only
+    # transformers optimizer names; "lion" means lion_32bit (bitsandbytes) and is dropped, with a
+    # note in the plan, where bitsandbytes is not installed
+    optimizers: tuple[str, ...] = ("adamw_torch", "lion")
 
 
 @dataclass(frozen=True)
@@ -215,6 +368,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    activations: ActivationConfig = field(default_factory=ActivationConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    schedules: ScheduleSweepConfig = field(default_factory=ScheduleSweepConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     source: str = field(default="", compare=False)  # the file it came from, for messages
 
@@ -424,6 +580,12 @@ def load_config(
         problems += [f"{_loc(where, k)}{msg}" for k, msg in _validate(cfg)]
     if problems:
         raise ConfigError(problems, header=f"Invalid configuration {path}")
+    from emt.dsconfig import SHORT_NAMES
+
+    ds = cfg.training.deepspeed
+    if ds is not None and ds not in SHORT_NAMES:
+        # A relative DeepSpeed path is from the launcher's directory; jobs may start elsewhere.
+        cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, deepspeed=str(Path(ds).expanduser().resolve())))
     return dataclasses.replace(cfg, source=str(path))
 
 
@@ -448,6 +610,19 @@ def _validate(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
     need(c.heldout_max_examples is None or c.heldout_max_examples >= 1,
          "checkpointing.heldout_max_examples", "must be >= 1 or null")
     need(c.heldout_batch_size >= 1, "checkpointing.heldout_batch_size", "must be >= 1")
+    for key in ("resume_state_every", "keep_every"):
+        every = getattr(c, key)
+        need(every is None or (every >= c.every_steps and every % c.every_steps == 0), f"checkpointing.{key}",
+             f"must be null or a multiple of checkpointing.every_steps={c.every_steps} (checkpoints exist only "
+             f"there); got {every}")
+    from emt.dsconfig import problems as deepspeed_problems
+
+    for msg in deepspeed_problems(t):
+        out.append((("training", "deepspeed"), msg))
+    if cl.train.gpus > 1:
+        need(cl.train.cpus >= cl.train.gpus, "cluster.train.cpus",
+             f"{cl.train.cpus} is fewer than cluster.train.gpus={cl.train.gpus}: a training job runs one task per "
+             f"GPU and each task needs a CPU; raise cpus (it is for the whole job)")
     need(0 <= d.heldout_fraction < 1, "data.heldout_fraction", "must be in [0, 1)")
     need(len(d.domains) > 0, "data.domains", "needs at least one domain")
     need(len(d.levels) > 0, "data.levels", "needs at least one level (name: file stem)")
@@ -471,11 +646,12 @@ def _validate(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
     need(cfg.eval.questions_per_trait is None or cfg.eval.questions_per_trait >= 1,
          "eval.questions_per_trait", "must be >= 1 or null")
     need(cfg.eval.checkpoints_per_task >= 1, "eval.checkpoints_per_task", "must be >= 1")
-    need(0 < cfg.eval.gpu_memory_utilization <= 1, "eval.gpu_memory_utilization", "must be in (0, 1]")
+    out += _validate_eval(cfg)
     need(cl.array_parallelism >= 1, "cluster.array_parallelism", "must be >= 1")
     need(cl.local_parallelism >= 1, "cluster.local_parallelism", "must be >= 1")
     need(cl.max_requeues >= 0, "cluster.max_requeues", "must be >= 0")
     need(cl.gpu_tflops > 0, "cluster.gpu_tflops", "must be > 0")
+    need(cl.disk_budget_gb is None or cl.disk_budget_gb > 0, "cluster.disk_budget_gb", "must be > 0 or null")
     for kind in ("train", "eval", "consolidate"):
         res: JobResources = getattr(cl, kind)
         need(res.time_min >= 1, f"cluster.{kind}.time_min", "must be >= 1")
@@ -487,6 +663,106 @@ def _validate(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
             need(cap is None or getattr(res, key) <= cap, f"cluster.{kind}.{key}",
                  f"{getattr(res, key)} exceeds this cluster's limit cluster.limits.{key}={cap}; "
                  f"lower it or use a partition that allows more")
+    a = cfg.activations
+    need(a.train_prompts >= 0, "activations.train_prompts", "must be >= 0")
+    need(a.batch_size >= 1, "activations.batch_size", "must be >= 1")
+    need(a.persona_samples >= 1, "activations.persona_samples", "must be >= 1")
+    need(a.persona_questions is None or a.persona_questions >= 1, "activations.persona_questions", "must be >= 1 or null")
+    need(a.persona_max_new_tokens >= 1, "activations.persona_max_new_tokens", "must be >= 1")
+    need(len(set(a.layers)) == len(a.layers), "activations.layers", f"each layer once; got {list(a.layers)}")
+    sc = cfg.schedules
+    need(sc.domain in d.domains, "schedules.domain", f"must be one of data.domains {list(d.domains)}; got {sc.domain!r}")
+    need(sc.level in d.levels, "schedules.level", f"must be one of data.levels {list(d.levels)}; got {sc.level!r}")
+    sched_ok = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial",
+                "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
+    bad = [x for x in sc.lr_schedulers if x not in sched_ok]
+    need(not bad, "schedules.lr_schedulers", f"unknown scheduler(s) {bad}; valid: {', '.join(sched_ok)}")
+    need(len(sc.lr_schedulers) >= 1 and len(sc.optimizers) >= 1, "schedules.optimizers",
+         "lr_schedulers and optimizers need at least one entry each")
+    need(all(x > 0 for x in sc.learning_rates), "schedules.learning_rates", "every learning rate must be > 0")
+    mo = cfg.monitor
+    from emt.analysis.onset import METHODS
+
+    need(mo.method in METHODS, "monitor.method", f"must be one of {', '.join(METHODS)}; got {mo.method!r}")
+    for trait, action in mo.actions.items():
+        need(action in ("mark", "stop", "rollback"), f"monitor.actions.{trait}",
+             f"must be mark, stop or rollback; got {action!r}")
+    need(mo.k >= 1 and mo.baseline_points >= 1, "monitor.k", "k and baseline_points must be >= 1")
+    need(mo.poll_s > 0, "monitor.poll_s", "must be > 0")
+    need(mo.max_batch >= 1, "monitor.max_batch", "must be >= 1")
+    need(mo.webhook_url is None or mo.webhook_url.startswith(("http://", "https://")), "monitor.webhook_url",
+         f"must be an http(s) URL or null; got {mo.webhook_url!r}")
+    return out
+
+
+def _validate_eval(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
+    """Semantic checks of the eval.vllm engine settings, the judge pipeline and judge servers."""
+    out: list[tuple[tuple[str, ...], str]] = []
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            out.append((tuple(key.split(".")), f"{key}: {msg}"))
+
+    e, v = cfg.eval, cfg.eval.vllm
+    need(0 < v.gpu_memory_utilization <= 1, "eval.vllm.gpu_memory_utilization", "must be in (0, 1]")
+    need(v.max_model_len is None or v.max_model_len > e.max_new_tokens, "eval.vllm.max_model_len",
+         f"{v.max_model_len} leaves no room for the prompt with eval.max_new_tokens={e.max_new_tokens}; "
+         f"raise it (or null: the model's own limit)")
+    for key in ("max_num_seqs", "max_num_batched_tokens", "max_cpu_loras"):
+        value = getattr(v, key)
+        need(value is None or value >= 1, f"eval.vllm.{key}", "must be >= 1 or null")
+    need(v.max_loras >= 1, "eval.vllm.max_loras", "must be >= 1")
+    need(v.checkpoints_per_call >= 1, "eval.vllm.checkpoints_per_call", "must be >= 1")
+    need(v.max_loras >= v.checkpoints_per_call, "eval.vllm.max_loras",
+         f"{v.max_loras} < eval.vllm.checkpoints_per_call={v.checkpoints_per_call}: every checkpoint of a call "
+         f"needs its own LoRA slot; raise max_loras or lower checkpoints_per_call")
+    need(v.max_cpu_loras is None or v.max_cpu_loras >= v.max_loras, "eval.vllm.max_cpu_loras",
+         f"must be >= eval.vllm.max_loras={v.max_loras} (vLLM requires it) or null")
+    need(v.tensor_parallel_size >= 1, "eval.vllm.tensor_parallel_size", "must be >= 1")
+    need(e.backend != "vllm" or cfg.cluster.eval.gpus == 0 or v.tensor_parallel_size <= cfg.cluster.eval.gpus,
+         "eval.vllm.tensor_parallel_size",
+         f"{v.tensor_parallel_size} GPUs per engine but cluster.eval.gpus={cfg.cluster.eval.gpus}; raise cluster.eval.gpus")
+    need(v.cpu_kv_cache_gb > 0, "eval.vllm.cpu_kv_cache_gb", "must be > 0")
+    need(e.judge_queue >= 1, "eval.judge_queue", "must be >= 1")
+    need(e.checkpoint_cost_s > 0, "eval.checkpoint_cost_s", "must be > 0 (seconds)")
+    need(e.task_startup_s >= 0, "eval.task_startup_s", "must be >= 0 (seconds)")
+    need(0 < e.time_budget <= 1, "eval.time_budget", "must be in (0, 1]")
+
+    j = cfg.judge
+    need(j.serve_wait_s >= 0, "judge.serve_wait_s", "must be >= 0 (seconds)")
+    names = [s.name for s in j.servers]
+    for i, s in enumerate(j.servers):
+        key = f"judge.servers.{i}"
+        need(bool(s.name) and s.name.replace("-", "").replace("_", "").isalnum(), f"{key}.name",
+             f"{s.name!r}: needs a name of letters, digits, '-' and '_' (judges refer to it as serve:<name>)")
+        need(bool(s.model) or bool(s.command), f"{key}.model", "needs the model to serve (a hub id or a path)")
+        need(0 <= s.port <= 65535, f"{key}.port", "must be 0 (pick a free port) or a port number")
+        need(0 < s.gpu_memory_utilization <= 1, f"{key}.gpu_memory_utilization", "must be in (0, 1]")
+        need(s.tensor_parallel_size >= 1 and (s.gpus == 0 or s.tensor_parallel_size <= s.gpus),
+             f"{key}.tensor_parallel_size", f"must be >= 1 and <= its gpus ({s.gpus})")
+        need(s.startup_timeout_s > 0, f"{key}.startup_timeout_s", "must be > 0")
+        for res in ("time_min", "cpus", "mem_gb"):
+            need(getattr(s, res) >= 1, f"{key}.{res}", "must be >= 1")
+        need(s.gpus >= 0, f"{key}.gpus", "must be >= 0")
+        for res in ("time_min", "gpus", "cpus", "mem_gb"):
+            cap = getattr(cfg.cluster.limits, res)
+            need(cap is None or getattr(s, res) <= cap, f"{key}.{res}",
+                 f"{getattr(s, res)} exceeds this cluster's limit cluster.limits.{res}={cap}")
+    need(len(set(names)) == len(names), "judge.servers", f"server names must differ; got {names}")
+    for i, spec in enumerate(j.judges):
+        url = spec.base_url or ""
+        if not url.startswith("serve:"):
+            continue
+        key = f"judge.judges.{i}.base_url"
+        name = url[len("serve:"):]
+        server = next((s for s in j.servers if s.name == name), None)
+        if server is None:
+            need(False, key, f"{url}: no judge.servers entry named {name!r} "
+                             f"(configured: {', '.join(names) or 'none'}); add one or fix the name")
+            continue
+        need(spec.backend == "openai", f"judge.judges.{i}.backend", f"a serve: judge talks to its server: backend must be openai")
+        need(not server.model or spec.model == server.model, f"judge.judges.{i}.model",
+             f"{spec.model!r}, but server {name!r} serves {server.model!r} under that name; set model: {server.model}")
     return out
 
 

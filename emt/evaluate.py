@@ -7,6 +7,13 @@ atomically. A checkpoint whose result file exists is skipped, so a task that run
 requeued, or was killed mid-shard redoes only what is missing; when nothing is missing it loads
 no model and calls no judge. Consolidation (one job after the whole array) turns the result
 files into ``scores.h5`` (:mod:`emt.store`).
+
+Within a task, one generator (one vLLM engine) serves every checkpoint of the shard, and the
+judges run behind it (:class:`JudgePipeline`): checkpoint i is scored while checkpoint i+1
+generates, with the same results as scoring in line. :func:`size_array` picks the number of
+array tasks for ``--tasks auto`` from the checkpoints to score, what one costs (measured by
+earlier tasks' timing files when there are any) and the cluster's array parallelism and time
+limit.
 """
 
 from __future__ import annotations
@@ -14,10 +21,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from emt import atomic, paths
 from emt.config import BUILTIN_TINY_JUDGE, BUILTIN_TINY_MODEL, Config, JudgeSpec, stable_hash, to_yaml
@@ -28,6 +38,8 @@ if TYPE_CHECKING:
     from emt.traits import Trait
 
 log = logging.getLogger(__name__)
+
+SERVE_PREFIX = "serve:"  # judge base_url naming a judge.servers entry (launch/judge_serve.py)
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,90 @@ def shard(steps: Sequence[int], per_task: int | None = None, tasks: int | None =
 
 
 # ----------------------------------------------------------------------------------------------
+# Array sizing (--tasks auto)
+
+
+@dataclass(frozen=True)
+class ArraySizing:
+    """The number of array tasks ``--tasks auto`` picked, and the arithmetic behind it."""
+
+    tasks: int
+    per_task: int  # checkpoints of the largest task
+    lines: tuple[str, ...]  # the arithmetic, for the plan output
+
+
+def size_array(checkpoints: int, cost_s: float, startup_s: float, parallelism: int, time_limit_min: int,
+               time_budget: float = 0.8, source: str = "config") -> ArraySizing:
+    """How many array tasks to split ``checkpoints`` into.
+
+    Each task pays ``startup_s`` once (model load, engine start) and ``cost_s`` per checkpoint,
+    and must finish within ``time_budget`` of the job time limit. SLURM runs ``parallelism``
+    tasks at once (``%P``), so tasks beyond a multiple of P form another wave. The choice:
+
+    1. ``fit`` = checkpoints one task can do in its budget; ``k_time`` = ceil(n / fit) tasks are
+       needed to finish at all (an error when even one checkpoint does not fit);
+    2. ``k_fill`` = k_time rounded up to whole waves of P (capped at n): tasks a wave holds anyway
+       make every task shorter at no extra wall time;
+    3. ``k_worth`` = floor(n * cost / startup): more tasks than this spend longer starting than
+       working, so the GPU time they waste outweighs the wall time they save;
+    4. tasks = max(k_time, min(k_fill, k_worth)).
+
+    Raises ValueError naming the settings to change when one checkpoint cannot fit in a task.
+    """
+    if checkpoints <= 0:
+        return ArraySizing(0, 0, ("nothing to score: 0 tasks",))
+    budget_s = time_limit_min * 60 * time_budget
+    fit = math.floor((budget_s - startup_s) / cost_s) if budget_s > startup_s else 0
+    if fit < 1:
+        raise ValueError(
+            f"--tasks auto: a task's budget ({time_budget:g} x cluster.eval.time_min={time_limit_min} min = "
+            f"{budget_s:.0f} s) does not fit its start-up ({startup_s:.0f} s) plus one checkpoint ({cost_s:.0f} s); "
+            f"raise cluster.eval.time_min (or eval.time_budget), or check eval.checkpoint_cost_s / eval.task_startup_s")
+    k_time = math.ceil(checkpoints / fit)
+    waves = math.ceil(k_time / parallelism)
+    k_fill = min(checkpoints, waves * parallelism)
+    k_worth = max(1, math.floor(checkpoints * cost_s / startup_s)) if startup_s > 0 else checkpoints
+    tasks = max(k_time, min(k_fill, k_worth))
+    per_task = math.ceil(checkpoints / tasks)
+    task_s = startup_s + per_task * cost_s
+    wall_s = math.ceil(tasks / parallelism) * task_s
+    lines = (
+        f"cost per checkpoint {cost_s:.1f} s, start-up per task {startup_s:.1f} s ({source})",
+        f"task budget {time_budget:g} x {time_limit_min} min = {budget_s:.0f} s -> at most "
+        f"fit = floor(({budget_s:.0f} - {startup_s:.0f}) / {cost_s:.1f}) = {fit} checkpoints per task",
+        f"k_time = ceil({checkpoints} / {fit}) = {k_time}; waves of %{parallelism}: k_fill = "
+        f"min({checkpoints}, {waves} x {parallelism}) = {k_fill}; k_worth = floor({checkpoints} x {cost_s:.1f} / "
+        f"{startup_s:.1f}) = {k_worth}",
+        f"tasks = max(k_time, min(k_fill, k_worth)) = {tasks}: <= {per_task} checkpoints each, ~{task_s / 60:.1f} min "
+        f"per task, ~{wall_s / 60:.1f} min wall, {(tasks * startup_s + checkpoints * cost_s) / 3600:.2f} GPU-h",
+    )
+    return ArraySizing(tasks, per_task, lines)
+
+
+def measured_costs(roots: Sequence[Path]) -> tuple[float, float, int] | None:
+    """(median cost per checkpoint, median start-up, number of timing files) from the timing files
+    of earlier tasks under ``roots`` (eval dirs of the same eval config), or None without any."""
+    import statistics
+
+    costs: list[float] = []
+    startups: list[float] = []
+    for root in roots:
+        for f in sorted(paths.eval_timing_dir(root).glob("*.json")):
+            try:
+                rec = json.loads(f.read_text(encoding="utf-8"))
+                done = len(rec["evaluated"])
+                if done < 1:
+                    continue
+                costs.append((float(rec["wall_s"]) - float(rec["startup_s"])) / done)
+                startups.append(float(rec["startup_s"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warning("%s: unreadable timing file, ignored", f)
+    if not costs:
+        return None
+    return statistics.median(costs), statistics.median(startups), len(costs)
+
+
+# ----------------------------------------------------------------------------------------------
 # Judges and the generator, built inside the job
 
 
@@ -120,14 +216,24 @@ def prepare_builtin_judges(cfg: Config) -> None:
 
 
 def make_judges(cfg: Config) -> list[Any]:
-    """The configured judges, sharing the persistent cache under the output root."""
+    """The configured judges, sharing the persistent cache under the output root.
+
+    A ``base_url`` of ``serve:<name>`` is resolved here, in the job, from the endpoint file that
+    the serve job of ``judge.servers[name]`` writes (waiting up to ``judge.serve_wait_s`` for it).
+    """
     from emt.judge import JudgeCache, LocalJudge, OpenAIJudge, hf_first_token_logprobs
 
     cache = JudgeCache(paths.judge_cache_file(cfg.cluster.output_root)) if cfg.judge.cache else None
     judges: list[Any] = []
     for spec in cfg.judge.judges:
         if spec.backend == "openai":
-            judges.append(OpenAIJudge(model=spec.model, base_url=spec.base_url, max_concurrency=cfg.judge.max_concurrency,
+            base_url = spec.base_url
+            if base_url and base_url.startswith(SERVE_PREFIX):
+                from emt.serve import resolve_endpoint
+
+                base_url = resolve_endpoint(cfg.cluster.output_root, base_url[len(SERVE_PREFIX):],
+                                            wait_s=cfg.judge.serve_wait_s)
+            judges.append(OpenAIJudge(model=spec.model, base_url=base_url, max_concurrency=cfg.judge.max_concurrency,
                                       timeout_s=cfg.judge.timeout_s, max_retries=cfg.judge.max_retries,
                                       cache=cache, name=spec.label))
         else:
@@ -156,9 +262,121 @@ def _nan_if_none(x: float | None) -> float:
     return math.nan if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
+# ----------------------------------------------------------------------------------------------
+# One eval task: generation, with the judge pipelined behind it
+
+
+@dataclass
+class _Generated:
+    """One checkpoint's answers, handed from generation to the judge."""
+
+    step: int
+    answers: list[list[str]]
+    gen_seconds: float
+
+
+class JudgePipeline:
+    """Scores generated checkpoints and writes their result files, behind the generation.
+
+    ``threaded``: a worker thread judges checkpoint i while the caller generates i+1 (judging is
+    network-bound for API judges, and a local judge's forward passes release the GIL); at most
+    ``depth`` generated checkpoints wait, so memory stays bounded and a slow judge throttles
+    generation. Not threaded: :meth:`submit` judges and writes before returning (the sequential
+    path). Both run the same ``handle`` on the same inputs, so their results are identical.
+
+    The worker's first exception stops it; :meth:`submit` and :meth:`close` re-raise it. A
+    checkpoint whose result was written stays written (reruns skip it).
+    """
+
+    def __init__(self, handle: Callable[[_Generated], None], *, threaded: bool, depth: int = 2) -> None:
+        import queue
+
+        self._handle = handle
+        self._threaded = threaded
+        self._queue: "queue.Queue[_Generated | None]" = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self.wait_s = 0.0  # time the caller spent blocked on the judge (queue full, or the final drain)
+        if threaded:
+            self._thread = threading.Thread(target=self._work, name="emt-judge-pipeline", daemon=True)
+            self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # keep draining so that the producer never blocks on a dead worker
+            try:
+                self._handle(item)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, item: _Generated) -> None:
+        """Hand one generated checkpoint to the judge (blocks while ``depth`` are waiting)."""
+        self._raise()
+        if not self._threaded:
+            self._handle(item)
+            return
+        t0 = time.perf_counter()
+        self._queue.put(item)
+        self.wait_s += time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Wait until every submitted checkpoint is judged and written; re-raise a worker error."""
+        if self._thread is not None:
+            t0 = time.perf_counter()
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+            self.wait_s += time.perf_counter() - t0
+        self._raise()
+
+
+def _task_id(task: EvalTask) -> str:
+    """A name for this task's timing file: the SLURM array task when there is one."""
+    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and index:
+        return f"{array}_{index}"
+    if os.environ.get("SLURM_JOB_ID"):
+        return os.environ["SLURM_JOB_ID"]
+    return f"task{task.task}-{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
+
+
+def _score_all(judges: Sequence[Any], prompts: list[str]) -> list[list[Any]]:
+    """Every judge's judgements of ``prompts``, the judges running concurrently (an API judge's
+    requests overlap a local judge's forward passes); the same judgements as one after another."""
+    import asyncio
+
+    async def gather() -> list[list[Any]]:
+        return list(await asyncio.gather(*(j.ascore(prompts) for j in judges)))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(gather())
+    # Inside a running loop (a notebook): run ours in a worker thread, as _JudgeBase.score does.
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="emt-judges") as ex:
+        return ex.submit(lambda: asyncio.run(gather())).result()
+
+
 def run_eval_task(task: EvalTask) -> dict[str, Any]:
-    """Evaluate the shard's checkpoints that have no result yet; safe to run any number of times."""
+    """Evaluate the shard's checkpoints that have no result yet; safe to run any number of times.
+
+    Checkpoints are generated ``eval.vllm.checkpoints_per_call`` at a time (vllm; one at a time
+    with hf) through one generator; each generated checkpoint goes to a :class:`JudgePipeline`
+    that scores it with every judge and writes its result file atomically, while the next one
+    generates (``eval.pipeline_judge``). A timing file records what the task spent where.
+    """
     setup_logging()
+    t_start = time.perf_counter()
     run, cfg = task.run, task.run.config
     root = eval_root(run, task.eval_hash)
     todo = [s for s in task.steps if not paths.result_file(root, s).is_file()]
@@ -171,7 +389,7 @@ def run_eval_task(task: EvalTask) -> dict[str, Any]:
     if missing:
         raise FileNotFoundError(f"{run.path}: no complete checkpoint for steps {missing}")
 
-    from emt.generate import Target, adapter_rank, make_generator
+    from emt.generate import Target, adapter_rank, generate_many, make_generator, vllm_engine_args
     from emt.runtime import limit_torch_threads
 
     limit_torch_threads(cfg.cluster.eval.cpus)
@@ -182,49 +400,87 @@ def run_eval_task(task: EvalTask) -> dict[str, Any]:
     lora = cfg.training.method == "lora"
     rank = max((adapter_rank(str(ckpts[s])) for s in todo if s in ckpts), default=0) if lora else 0
     base = _model_path(cfg, cfg.model.name)
-    engine = {"gpu_memory_utilization": cfg.eval.gpu_memory_utilization}
-    if cfg.eval.max_model_len:
-        engine["max_model_len"] = cfg.eval.max_model_len
     if cfg.eval.backend == "hf":
-        engine = {"batch_size": cfg.eval.batch_size}
+        engine: dict[str, Any] = {"batch_size": cfg.eval.batch_size}
+        per_call = 1
+    else:
+        engine = vllm_engine_args(cfg.eval.vllm)
+        per_call = cfg.eval.vllm.checkpoints_per_call if lora else 1  # whole models: one engine each
     gen = make_generator(cfg.eval.backend, base, max_lora_rank=rank, dtype=cfg.model.dtype, engine=engine)
+    startup_s = time.perf_counter() - t_start
     n = cfg.eval.samples_per_question
+    timing: dict[str, Any] = {"gen_s": 0.0, "judge_s": 0.0}
+    lock = threading.Lock()
+
+    def target_for(step: int) -> "Target":
+        if step == 0:
+            return Target(0)
+        return Target(step, adapter=str(ckpts[step])) if lora else Target(step, model=str(ckpts[step]))
+
+    def judge_and_write(item: _Generated) -> None:
+        # Runs in the judge worker (or inline): score, then write the result file atomically.
+        t0 = time.perf_counter()
+        trait_prompts = [t.judge_prompt_for(q, a) for (t, q, _), ans in zip(convs, item.answers) for a in ans]
+        coh_prompts = [t.coherence_prompt_for(q, a) for (t, q, _), ans in zip(convs, item.answers) for a in ans]
+        result, calls = _result(item.step, traits, convs, item.answers, judges, trait_prompts, coh_prompts)
+        judge_s = time.perf_counter() - t0
+        result.update(run=run.name, run_hash=run.hash, eval_hash=task.eval_hash,
+                      seconds=round(item.gen_seconds + judge_s, 2), gen_seconds=round(item.gen_seconds, 2),
+                      judge_seconds=round(judge_s, 2))
+        atomic.write_text(paths.result_file(root, item.step), json.dumps(result))
+        with lock:
+            stats["judge_calls"] += calls
+            stats["evaluated"].append(item.step)
+            timing["judge_s"] += judge_s
+        log.info("%s task %d: step %d scored (%d answers; generation %.1f s, judges %.1f s)", run.name, task.task,
+                 item.step, len(trait_prompts), item.gen_seconds, judge_s)
+
+    pipeline = JudgePipeline(judge_and_write, threaded=cfg.eval.pipeline_judge, depth=cfg.eval.judge_queue)
     try:
-        for step in todo:
-            t0 = time.time()
-            if step == 0:
-                target = Target(0)
-            elif lora:
-                target = Target(step, adapter=str(ckpts[step]))
-            else:
-                target = Target(step, model=str(ckpts[step]))
-            answers = gen.generate(target, [c for _, _, c in convs], n, max_new_tokens=cfg.eval.max_new_tokens,
-                                   temperature=cfg.eval.temperature, seed=cfg.eval.seed)
-            stats["generations"] += len(convs) * n
-            trait_prompts = [t.judge_prompt_for(q, a) for (t, q, _), ans in zip(convs, answers) for a in ans]
-            coh_prompts = [t.coherence_prompt_for(q, a) for (t, q, _), ans in zip(convs, answers) for a in ans]
-            result = _result(step, traits, convs, answers, judges, trait_prompts, coh_prompts, stats)
-            result.update(run=run.name, run_hash=run.hash, eval_hash=task.eval_hash, seconds=round(time.time() - t0, 2))
-            atomic.write_text(paths.result_file(root, step), json.dumps(result))
-            stats["evaluated"].append(step)
-            log.info("%s task %d: step %d scored (%d answers, %.1f s)", run.name, task.task, step,
-                     len(trait_prompts), time.time() - t0)
+        try:
+            for i in range(0, len(todo), per_call):
+                group = todo[i:i + per_call]
+                t0 = time.perf_counter()
+                outs = generate_many(gen, [target_for(s) for s in group], [c for _, _, c in convs], n,
+                                     max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.temperature,
+                                     seed=cfg.eval.seed)
+                gen_s = time.perf_counter() - t0
+                timing["gen_s"] += gen_s
+                stats["generations"] += len(group) * len(convs) * n
+                for step, answers in zip(group, outs):
+                    pipeline.submit(_Generated(step, answers, gen_s / len(group)))
+        finally:
+            # Checkpoints already generated are judged and written even when a later one failed
+            # to generate (a rerun then skips them); a judge error surfaces here.
+            pipeline.close()
     finally:
         gen.close()
+    wall_s = time.perf_counter() - t_start
     for j in judges:
         log.info("judge %s", j.format_usage())
     stats["usage"] = {j.name: j.usage() for j in judges}
+    record = {"task": task.task, "steps": list(task.steps), "evaluated": sorted(stats["evaluated"]),
+              "backend": cfg.eval.backend, "pipeline_judge": cfg.eval.pipeline_judge, "checkpoints_per_call": per_call,
+              "startup_s": round(startup_s, 3), "wall_s": round(wall_s, 3), "gen_s": round(timing["gen_s"], 3),
+              "judge_s": round(timing["judge_s"], 3), "judge_wait_s": round(pipeline.wait_s, 3),
+              "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic.write_json(paths.eval_timing_file(root, _task_id(task)), record)
+    stats["timing"] = record
+    log.info("%s task %d: %d checkpoints in %.1f s (start-up %.1f s, generation %.1f s, judges %.1f s, "
+             "waited for judges %.1f s)", run.name, task.task, len(stats["evaluated"]), wall_s, startup_s,
+             timing["gen_s"], timing["judge_s"], pipeline.wait_s)
     return stats
 
 
 def _result(step: int, traits: Sequence["Trait"], convs: Sequence[Any], answers: list[list[str]],
-            judges: Sequence[Any], trait_prompts: list[str], coh_prompts: list[str], stats: dict[str, Any]) -> dict[str, Any]:
-    """One checkpoint's result: per trait, answers and each judge's scores [question][sample]."""
+            judges: Sequence[Any], trait_prompts: list[str], coh_prompts: list[str]) -> tuple[dict[str, Any], int]:
+    """One checkpoint's result (per trait, answers and each judge's scores [question][sample])
+    and the number of judge calls it cost (cache hits excluded)."""
     n = len(answers[0]) if answers else 0
     per_judge = {}
-    for j in judges:
-        js = j.score(trait_prompts + coh_prompts)
-        stats["judge_calls"] += sum(1 for x in js if not x.cached)
+    calls = 0
+    for j, js in zip(judges, _score_all(judges, trait_prompts + coh_prompts)):
+        calls += sum(1 for x in js if not x.cached)
         per_judge[j.name] = (js[: len(trait_prompts)], js[len(trait_prompts):])
     out: dict[str, Any] = {"step": step, "judges": [j.name for j in judges], "traits": {}}
     flat = 0
@@ -244,7 +500,7 @@ def _result(step: int, traits: Sequence["Trait"], convs: Sequence[Any], answers:
         out["traits"][t.name] = tr
         row += q_n
         flat = hi
-    return out
+    return out, calls
 
 
 # ----------------------------------------------------------------------------------------------

@@ -64,8 +64,17 @@ def preflight(cfg: Config, runs: Sequence[Run], mode: str) -> list[str]:
     if name != BUILTIN_TINY_MODEL and (name.startswith((".", "/", "~")) or Path(name).expanduser().exists()):
         if not (Path(name).expanduser() / "config.json").is_file():
             problems.append(f"model.name={name}: no config.json there (a local model needs save_pretrained files)")
-    if cfg.training.deepspeed and not Path(cfg.training.deepspeed).is_file():
-        problems.append(f"training.deepspeed={cfg.training.deepspeed}: file not found")
+    if cfg.training.deepspeed:
+        from emt.dsconfig import problems as deepspeed_problems
+
+        problems += deepspeed_problems(cfg.training)  # the file may have changed since load_config
+        import importlib.util
+
+        # Checked here, not on the GPU node after hours in the queue (found, not imported: an
+        # import costs seconds and probes for accelerators on a login node).
+        if importlib.util.find_spec("deepspeed") is None:
+            problems.append(f"training.deepspeed={cfg.training.deepspeed}: DeepSpeed is not installed in this "
+                            f"environment (pip install -e '.[deepspeed]'), or unset training.deepspeed")
     return problems
 
 
@@ -113,8 +122,12 @@ def train_sweep(
     mode: str = "slurm",
     dry_run: bool = False,
     wait: bool | None = None,
+    monitor: bool = False,
 ) -> int:
     """Plan, check and submit the training runs of a sweep; the entry point of launch/train.py.
+
+    ``monitor=True`` submits a monitor job beside each training job (:func:`emt.monitor.follow`):
+    it scores checkpoints while training runs and acts on alerts (``monitor.*`` in the config).
 
     Returns a process exit code: 0 when everything selected is complete or submitted (and, when
     waiting, finished), 1 when a job failed, 2 when a dry run found problems. Input problems
@@ -140,6 +153,11 @@ def train_sweep(
         pending.append(run)
 
     print(format_plan(cfg, plan_runs(cfg, selected), [r.name for r in pending]))
+    if sweep == "schedules":
+        from emt.sweeps import schedule_optimizers
+
+        for note in schedule_optimizers(cfg)[1]:
+            print(f"note: {note}")
     if dry_run:
         if problems:
             print("\nProblems that would stop this launch:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -153,20 +171,41 @@ def train_sweep(
     prepare_builtin_model(cfg)
     if wait is None:
         wait = mode != "slurm"
-    return _submit(cfg, pending, mode, wait)
+    if monitor:
+        from emt.evaluate import prepare_builtin_judges
+        from emt.monitor import watched_traits
+
+        watched_traits(cfg)  # a bad monitor.traits fails before anything is submitted
+        prepare_builtin_judges(cfg)
+    return _submit(cfg, pending, mode, wait, monitor)
 
 
-def _submit(cfg: Config, pending: Sequence[Run], mode: str, wait: bool) -> int:
-    """Submit training jobs (at most ``cluster.local_parallelism`` at a time locally); optionally wait."""
-    from emt.slurm import submit_train, wait_all
+def _submit(cfg: Config, pending: Sequence[Run], mode: str, wait: bool, monitor: bool = False) -> int:
+    """Submit training jobs (at most ``cluster.local_parallelism`` at a time locally), each with its
+    monitor job when ``monitor``; optionally wait."""
+    from emt.slurm import submit_monitor, submit_train, wait_all
 
+    monitors: list[tuple[str, Any]] = []
     if mode == "slurm":
         jobs = [(run.name, submit_train(run, cfg.cluster, mode)) for run in pending]
         for name, job in jobs:
             print(f"submitted {name}: SLURM job {job.job_id}")
-        return _report(wait_all(jobs)) if wait else 0
-    items = [(run.name, lambda slot, run=run: submit_train(run, cfg.cluster, mode, gpu_slot=slot)) for run in pending]
-    return _report(run_queue(items, 1 if mode == "debug" else cfg.cluster.local_parallelism, mode))
+        if monitor:
+            for run in pending:
+                mj = submit_monitor(run, cfg.cluster, mode)
+                monitors.append((f"{run.name} monitor", mj))
+                print(f"submitted {run.name} monitor: SLURM job {mj.job_id}")
+        return _report({**wait_all(jobs), **wait_all(monitors)}) if wait else 0
+
+    def start(run: Run, slot: int | None) -> Any:
+        job = submit_train(run, cfg.cluster, mode, gpu_slot=slot)
+        if monitor:  # beside the training job, in its own process (debug mode: after it, in line)
+            monitors.append((f"{run.name} monitor", submit_monitor(run, cfg.cluster, mode, gpu_slot=slot)))
+        return job
+
+    items = [(run.name, lambda slot, run=run: start(run, slot)) for run in pending]
+    results = run_queue(items, 1 if mode == "debug" else cfg.cluster.local_parallelism, mode)
+    return _report({**results, **wait_all(monitors)})
 
 
 def run_queue(items: Sequence[tuple[str, Callable[[int | None], Any]]], width: int, mode: str,
@@ -250,6 +289,28 @@ def eval_preflight(cfg: Config, mode: str) -> list[str]:
         problems.append("judge: an openai judge without base_url needs OPENAI_API_KEY in the environment "
                         "(export OPENAI_API_KEY=...; jobs read it from their environment, it is never written "
                         "to configs or logs), or point judge.judges[].base_url at an OpenAI-compatible server")
+    if mode != "in-job":  # inside a job the tasks wait for the server (judge.serve_wait_s)
+        problems += serve_preflight(cfg)
+    return problems
+
+
+def serve_preflight(cfg: Config) -> list[str]:
+    """Every ``serve:<name>`` judge needs its server up, or its serve job queued (the eval tasks
+    then wait up to judge.serve_wait_s for it)."""
+    from emt.evaluate import SERVE_PREFIX
+    from emt.serve import endpoint_state
+
+    problems: list[str] = []
+    for spec in cfg.judge.judges:
+        url = spec.base_url or ""
+        if not url.startswith(SERVE_PREFIX):
+            continue
+        name = url[len(SERVE_PREFIX):]
+        state, detail = endpoint_state(cfg.cluster.output_root, name)
+        if state in ("healthy", "starting"):
+            continue
+        problems.append(f"judge {spec.label}: base_url {url}: {detail}; start the server first: "
+                        f"python launch/judge_serve.py --config {cfg.source or 'CONFIG'} --name {name}")
     return problems
 
 
@@ -261,7 +322,7 @@ def eval_runs(
     run_names: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
     per_task: int | None = None,
-    tasks: int | None = None,
+    tasks: int | str | None = None,
     mode: str = "slurm",
     dry_run: bool = False,
     wait: bool | None = None,
@@ -271,9 +332,10 @@ def eval_runs(
     Per run: one job array over the checkpoints without results (step 0 included), then one
     consolidation job that SLURM starts only after every task succeeded. Locally the tasks run
     (``cluster.local_parallelism`` at a time) and consolidation follows if they all succeeded.
+    ``tasks="auto"`` sizes each run's array with :func:`emt.evaluate.size_array` and prints why.
     """
-    from emt.evaluate import (EvalTask, eval_hash, eval_root, pending_steps, prepare_builtin_judges,
-                              scores_up_to_date, shard, targets)
+    from emt.evaluate import (EvalTask, eval_hash, eval_root, measured_costs, pending_steps, prepare_builtin_judges,
+                              scores_up_to_date, shard, size_array, targets)
     from emt.slurm import record_submission, submit_consolidate, submit_eval_array, wait_all
 
     cfg = load_config(config, overrides, cluster)
@@ -287,15 +349,40 @@ def eval_runs(
     if problems and not dry_run:
         raise PreflightError(problems)
     ehash = eval_hash(cfg)
+    measured = measured_costs([eval_root(r, ehash) for r in runs]) if tasks == "auto" else None
     plan: list[tuple[Run, list[list[int]]]] = []
+    sizing_problems: list[str] = []
     for run in runs:
         todo = pending_steps(run, ehash) if run.name not in no_ckpt else []
-        shards = shard(todo, per_task=per_task, tasks=tasks) if (per_task or tasks) else \
-            shard(todo, per_task=cfg.eval.checkpoints_per_task)
+        sizing_lines: tuple[str, ...] = ()
+        if tasks == "auto":
+            cost, startup, source = cfg.eval.checkpoint_cost_s, cfg.eval.task_startup_s, \
+                "eval.checkpoint_cost_s, eval.task_startup_s"
+            if measured is not None:
+                cost, startup = measured[0], measured[1]
+                source = f"medians of {measured[2]} earlier task(s) of eval {ehash}"
+            try:
+                sizing = size_array(len(todo), cost, startup, cfg.cluster.array_parallelism,
+                                    cfg.cluster.eval.time_min, cfg.eval.time_budget, source)
+            except ValueError as exc:
+                sizing_problems.append(f"{run.name}: {exc}")
+                plan.append((run, []))
+                continue
+            shards = shard(todo, tasks=sizing.tasks) if sizing.tasks else []
+            sizing_lines = sizing.lines
+        elif per_task or tasks:
+            shards = shard(todo, per_task=per_task, tasks=int(tasks) if tasks else None)
+        else:
+            shards = shard(todo, per_task=cfg.eval.checkpoints_per_task)
         plan.append((run, shards))
         scored = len(targets(run)) - len(todo) if run.name not in no_ckpt else 0
         print(f"{run.name}: {scored} of {len(targets(run)) if run.name not in no_ckpt else 0} checkpoints scored "
               f"(eval {ehash}); {len(todo)} to score in {len(shards)} task(s)")
+        for line in sizing_lines:
+            print(f"  --tasks auto: {line}")
+    problems += sizing_problems
+    if sizing_problems and not dry_run:
+        raise PreflightError(problems)
     if dry_run:
         if problems:
             print("\nProblems that would stop this launch:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -361,7 +448,7 @@ def eval_in_job(
     run_names: Sequence[str],
     seeds: Sequence[int] | None = None,
     task_index: int | None = None,
-    tasks: int | None = None,
+    tasks: int | str | None = None,
 ) -> int:
     """One stage of the eval array inside an existing job (the plain sbatch templates).
 
@@ -380,8 +467,9 @@ def eval_in_job(
         if task_index is None:
             print(consolidate_run(run, ehash))
             continue
-        if not tasks or not 0 <= task_index < tasks:
-            raise PreflightError([f"--task-index {task_index} needs --tasks K with 0 <= index < K"])
+        if not isinstance(tasks, int) or not 0 <= task_index < tasks:
+            raise PreflightError([f"--task-index {task_index} needs --tasks K (a number; every task of the array "
+                                  f"must agree on K, so not auto) with 0 <= index < K"])
         shards = shard(targets(run), tasks=tasks)
         steps = shards[task_index] if task_index < len(shards) else []
         print(run_eval_task(EvalTask(run, tuple(steps), task_index, ehash)))

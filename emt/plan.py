@@ -6,7 +6,15 @@ estimates with stated assumptions: model shapes come from the model's config.jso
 this machine, else from a table of known architectures; tokens per example are estimated as
 characters / 4; compute is ~4 x params x tokens for LoRA (no weight gradients of the frozen base)
 and ~6 x for full fine-tuning, at ``cluster.gpu_tflops`` effective TFLOP/s, plus checkpoint writes
-at ``WRITE_GBPS``.
+at ``WRITE_GBPS``. With ``cluster.train.gpus`` = N a run trains on N processes, so one step
+consumes N x batch x grad_accum examples.
+
+Disk: a LoRA checkpoint is its fp32 adapter (4 B per adapter parameter); a full checkpoint is the
+whole model in the training dtype (2 B per parameter in bf16; ``save_only_model``-style, without
+optimizer state). Resume state (Adam moments, and fp32 master weights for full fine-tuning) is
+kept on the newest ``keep_resume_state`` checkpoints only. When the estimate exceeds
+``cluster.disk_budget_gb`` the plan says by how much and what fits (``checkpointing.keep_every``,
+or evaluating checkpoints while training runs).
 """
 
 from __future__ import annotations
@@ -109,9 +117,12 @@ class RunPlan:
 
 
 def steps_for(n_train: int, cfg: Config) -> int:
-    """Optimizer steps the Trainer will take (one process; same formula as transformers)."""
+    """Optimizer steps the Trainer will take (same formula as transformers and accelerate: with N
+    processes each one gets ceil(batches / N) batches of the epoch)."""
+    from emt.sweeps import train_world_size
+
     t = cfg.training
-    batches = math.ceil(n_train / t.per_device_batch_size)
+    batches = math.ceil(math.ceil(n_train / t.per_device_batch_size) / train_world_size(cfg))
     per_epoch = max(math.ceil(batches / t.grad_accum), 1)
     steps = math.ceil(t.epochs * per_epoch)
     return min(steps, t.max_steps) if t.max_steps else steps
@@ -120,6 +131,22 @@ def steps_for(n_train: int, cfg: Config) -> int:
 def checkpoints_for(steps: int, every: int) -> int:
     """Checkpoints saved: every ``every`` steps, plus the last step when it is off the grid."""
     return steps // every + (1 if steps % every else 0)
+
+
+def kept_checkpoints(steps: int, cfg: Config) -> int:
+    """Checkpoints left on disk: all of them, or with keep_every only its grid plus the last."""
+    ck = cfg.checkpointing
+    return checkpoints_for(steps, ck.keep_every or ck.every_steps)
+
+
+def checkpoint_bytes(cfg: Config, arch: Arch) -> tuple[float, float]:
+    """(bytes of one checkpoint as evaluated, bytes of one set of resume state)."""
+    if cfg.training.method == "lora":
+        p = arch.lora_params(cfg.lora.r, cfg.lora.target_modules)
+        return 4.0 * p, 8.0 * p  # fp32 adapter (peft's default); Adam's two fp32 moments
+    p = arch.params()
+    width = 4.0 if cfg.model.dtype == "float32" else 2.0  # bf16/fp16 (auto: assume bf16)
+    return width * p, 12.0 * p  # fp32 master weights + two fp32 Adam moments
 
 
 def _mean_tokens(path: Path) -> float:
@@ -154,36 +181,50 @@ def plan_runs(cfg: Config, runs: Sequence[Run]) -> list[RunPlan]:
         ckpts = checkpoints_for(steps, c.checkpointing.every_steps)
         disk = hours = None
         if arch is not None:
+            from emt.sweeps import train_world_size
+
             lora = c.training.method == "lora"
-            p_train = arch.lora_params(c.lora.r, c.lora.target_modules) if lora else arch.params()
-            # LoRA adapters are saved in fp32 (peft's default); full models in bf16. The newest
-            # checkpoint also keeps Adam's two fp32 moments (and fp32 master weights for full).
-            per_ckpt = p_train * (4 if lora else 2)
-            resume = p_train * (8 if lora else 12)
-            disk = (ckpts * per_ckpt + resume) / 1e9
-            train_tokens = steps * c.training.per_device_batch_size * c.training.grad_accum * tokens
+            world = train_world_size(c)
+            per_ckpt, resume = checkpoint_bytes(c, arch)
+            # The kept checkpoints, plus resume state on the newest keep_resume_state of them.
+            disk = (kept_checkpoints(steps, c) * per_ckpt + c.checkpointing.keep_resume_state * resume) / 1e9
+            train_tokens = steps * c.training.per_device_batch_size * c.training.grad_accum * world * tokens
             held_n = min(n_held, c.checkpointing.heldout_max_examples or n_held)
             eval_tokens = (ckpts + 1) * held_n * tokens
             flops = (4 if lora else 6) * arch.params() * train_tokens + 2 * arch.params() * eval_tokens
-            # Every checkpoint writes the adapter and the resume state (older resume state is
-            # deleted afterwards), at an assumed WRITE_GBPS.
-            write_s = ckpts * (per_ckpt + resume) / (WRITE_GBPS * 1e9)
-            hours = (flops / (c.cluster.gpu_tflops * 1e12) + write_s) / 3600
+            # Every checkpoint writes the model (or adapter); resume state is written on the
+            # resume_state_every grid (every checkpoint by default), at an assumed WRITE_GBPS.
+            # Every GPU of the run waits for the writes.
+            write_s = (ckpts * per_ckpt + resume_writes(steps, c) * resume) / (WRITE_GBPS * 1e9)
+            hours = (flops / (c.cluster.gpu_tflops * 1e12) + write_s * world) / 3600
         out.append(RunPlan(run, n, src, n_train, n_held, steps, ckpts, disk, hours, state, done))
     return out
 
 
+def resume_writes(steps: int, cfg: Config) -> int:
+    """How many checkpoints of a run write resume state."""
+    ck = cfg.checkpointing
+    return checkpoints_for(steps, ck.every_steps) if ck.resume_state_every is None else steps // ck.resume_state_every
+
+
 def format_plan(cfg: Config, rows: Sequence[RunPlan], will_submit: Sequence[str]) -> str:
     """The table --dry-run prints."""
+    from emt.sweeps import train_world_size
+
     arch, arch_src = model_arch(cfg)
     t = cfg.training
     method = f"LoRA r={cfg.lora.r}" if t.method == "lora" else "full fine-tuning"
+    world = train_world_size(cfg)
+    where = f"; {world} GPUs per run" if world > 1 else ""
+    where += f"; DeepSpeed {t.deepspeed}" if t.deepspeed else ""
     head = [
-        f"Model {cfg.model.name} ({method}); batch {t.per_device_batch_size} x accum {t.grad_accum}, "
+        f"Model {cfg.model.name} ({method}{where}); batch {t.per_device_batch_size} x accum {t.grad_accum}"
+        f"{f' x {world} GPUs' if world > 1 else ''}, "
         f"{t.epochs:g} epoch(s); a checkpoint every {cfg.checkpointing.every_steps} steps",
         f"Output root: {paths.output_root(cfg.cluster.output_root)}",
     ]
-    cols = f"{'run':<22}{'hash':<10}{'examples':>9}{'train':>7}{'held':>6}{'steps':>7}{'ckpts':>7}{'disk GB':>9}{'GPU-h':>7}  state"
+    w = max([22] + [len(r.run.name) + 2 for r in rows])  # schedule-sweep names are long
+    cols = f"{'run':<{w}}{'hash':<10}{'examples':>9}{'train':>7}{'held':>6}{'steps':>7}{'ckpts':>7}{'disk GB':>9}{'GPU-h':>7}  state"
     lines = head + ["", cols, "-" * len(cols)]
     def fmt(v: float | int | None, spec: str) -> str:
         if v is None:
@@ -197,7 +238,7 @@ def format_plan(cfg: Config, rows: Sequence[RunPlan], will_submit: Sequence[str]
         state = r.state + (f" ({r.done_checkpoints} ckpts)" if r.state == "partial" else "")
         if r.run.name in will_submit:
             state += ", will submit"
-        lines.append(f"{r.run.name:<22}{r.run.hash:<10}{ex:>9}{r.train:>7}{r.heldout:>6}{fmt(r.steps, 'd'):>7}"
+        lines.append(f"{r.run.name:<{w}}{r.run.hash:<10}{ex:>9}{r.train:>7}{r.heldout:>6}{fmt(r.steps, 'd'):>7}"
                      f"{fmt(r.checkpoints, 'd'):>7}{fmt(r.disk_gb, '.2f'):>9}{fmt(r.gpu_hours, '.2f'):>7}  {state}")
     known = [r for r in rows if r.checkpoints is not None]
     tot_ck = sum(r.checkpoints or 0 for r in known)
@@ -210,8 +251,48 @@ def format_plan(cfg: Config, rows: Sequence[RunPlan], will_submit: Sequence[str]
     if any(r.examples_source == "expected" for r in rows):
         lines.append("* data file not on this machine: count from data.expected_examples "
                      "(the run's hash includes the file's content, so it changes once the file is here)")
-    budget = cfg.cluster.disk_budget_gb
-    if budget is not None and tot_disk > budget:
-        lines.append(f"WARNING: ~{tot_disk:.1f} GB of checkpoints exceeds cluster.disk_budget_gb={budget:g}")
+    if arch is not None:
+        lines += disk_advice(cfg, arch, known)
     lines.append(f"Would submit {len(will_submit)} job(s)" + (f": {', '.join(will_submit)}" if will_submit else ""))
     return "\n".join(lines)
+
+
+def disk_advice(cfg: Config, arch: Arch, rows: Sequence[RunPlan]) -> list[str]:
+    """Warnings, with numbers, when checkpoints would exceed cluster.disk_budget_gb or their
+    resume state would dominate the writes; each says what to change."""
+    out: list[str] = []
+    ck = cfg.checkpointing
+    per_ckpt, resume = checkpoint_bytes(cfg, arch)
+    steps = [r.steps for r in rows if r.steps]
+    if not steps:
+        return out
+
+    def total_gb(keep_every: int | None) -> float:
+        k = keep_every or ck.every_steps
+        return sum(checkpoints_for(s, k) * per_ckpt + ck.keep_resume_state * resume for s in steps) / 1e9
+
+    n_ckpt = sum(checkpoints_for(s, ck.every_steps) for s in steps)
+    now = total_gb(ck.keep_every)
+    budget = cfg.cluster.disk_budget_gb
+    if budget is not None and now > budget:
+        kept = sum(checkpoints_for(s, ck.keep_every or ck.every_steps) for s in steps)
+        out.append(f"WARNING: ~{now:,.1f} GB of checkpoints exceeds cluster.disk_budget_gb={budget:g}: {kept} kept "
+                   f"checkpoint(s) x {per_ckpt / 1e9:,.2f} GB ({'LoRA adapter' if cfg.training.method == 'lora' else 'full model'}"
+                   f") + resume state {resume / 1e9:,.2f} GB x {ck.keep_resume_state} per run, over {len(steps)} run(s).")
+        fits = next((k for k in range(ck.every_steps, max(steps) + ck.every_steps, ck.every_steps)
+                     if total_gb(k) <= budget), None)
+        if fits is not None and fits != ck.keep_every:
+            out.append(f"  - checkpointing.keep_every={fits} keeps every {fits}th step's checkpoint (~{total_gb(fits):,.1f} GB); "
+                       f"the others are deleted once a newer one is complete, so score them while they exist "
+                       f"(evaluation on the fly) or lose their steps")
+        elif fits is None:
+            out.append(f"  - even one checkpoint per run (~{total_gb(max(steps)):,.1f} GB) exceeds it: "
+                       f"raise cluster.disk_budget_gb or train fewer runs at once (--runs)")
+        out.append("  - or evaluate checkpoints while training runs and keep only a grid: the follow mode of the "
+                   "eval launcher (issue 8), where available, with checkpointing.keep_every; or raise the budget")
+    if ck.resume_state_every is None and resume >= per_ckpt:
+        out.append(f"NOTE: resume state ({resume / 1e9:,.2f} GB) is written at all {n_ckpt} checkpoints, "
+                   f"{resume / per_ckpt:.0f}x the checkpoint itself (~{resume / (WRITE_GBPS * 1e9):,.1f} s each at "
+                   f"{WRITE_GBPS:g} GB/s); checkpointing.resume_state_every=N writes it every N steps (a restart "
+                   f"then redoes at most N steps)")
+    return out

@@ -2,7 +2,8 @@
 
 Three modes behind one interface, so the same code path runs everywhere:
 
-- ``slurm``: sbatch through submitit, resources from the cluster profile (one GPU per run);
+- ``slurm``: sbatch through submitit, resources from the cluster profile (one GPU per run by
+  default; ``cluster.train.gpus: N`` gives a training job N tasks, one per GPU);
 - ``local``: submitit's LocalExecutor, a child process per job on this machine;
 - ``debug``: submitit's DebugExecutor, in this process (for a debugger).
 
@@ -14,13 +15,16 @@ checkpoint (training state lives on disk, never in the pickled job).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import json
 import logging
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import submitit
 
@@ -28,6 +32,7 @@ from emt import atomic, paths
 from emt.config import ClusterConfig, JobResources
 
 if TYPE_CHECKING:
+    from emt.config import ServeSpec
     from emt.evaluate import EvalTask
     from emt.sweeps import Run
 
@@ -36,11 +41,23 @@ MODES = ("slurm", "local", "debug")
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    """The callable a training job runs; requeued as-is on preemption (it resumes from disk)."""
+    """The callable a training job runs; requeued as-is on preemption (it resumes from disk).
+
+    A job with N tasks (``cluster.train.gpus`` > 1) runs it once per task; each task exports its
+    rank, world size and rendezvous address from submitit's view of SLURM (SLURM_PROCID,
+    SLURM_LOCALID, SLURM_NTASKS, the first host of SLURM_JOB_NODELIST; their SUBMITIT_LOCAL_*
+    twins for --local jobs) before torch.distributed starts.
+    """
 
     def __call__(self, run: "Run") -> dict[str, Any]:
+        from emt import distributed
         from emt.train import train_run
 
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:  # one task: train_run sets up what it needs (DeepSpeed does)
+            hosts = env.hostnames
+            distributed.apply(distributed.for_task(env.global_rank, env.local_rank, env.num_tasks, env.num_nodes,
+                                                   hosts[0] if hosts else "127.0.0.1", str(env.job_id)))
         return train_run(run)
 
 
@@ -62,6 +79,26 @@ class ConsolidateJob(submitit.helpers.Checkpointable):
         return consolidate_run(run, eval_hash)
 
 
+class MonitorJob(submitit.helpers.Checkpointable):
+    """The live monitor beside a training job (``launch/train.py --monitor``): scores checkpoints
+    as they appear and acts on alerts; requeued as-is (it resumes from the results on disk)."""
+
+    def __call__(self, run: "Run") -> dict[str, Any]:
+        from emt.monitor import follow
+
+        return follow(run)
+
+
+class ServeJob:
+    """A judge server (``vllm serve``) for the length of the job; not requeued: a relaunch starts
+    a fresh one, and eval tasks find it through its endpoint file (emt/serve.py)."""
+
+    def __call__(self, spec: "ServeSpec", output_root: str, model_path: str) -> dict[str, Any]:
+        from emt.serve import run_server
+
+        return run_server(spec, output_root, model_path)
+
+
 def sbatch_available() -> bool:
     return shutil.which("sbatch") is not None
 
@@ -78,16 +115,22 @@ def local_gpu_count() -> int:
 
 
 def make_executor(
-    kind: str, cluster: ClusterConfig, mode: str, folder: Path, name: str, gpu_slot: int | None = None
+    kind: str, cluster: ClusterConfig, mode: str, folder: Path, name: str, gpu_slot: int | None = None,
+    resources: JobResources | None = None,
 ) -> submitit.Executor:
-    """A fresh executor for one kind of job (``train``, ``eval``, ``consolidate``)."""
-    res: JobResources = getattr(cluster, kind)
+    """A fresh executor for one kind of job (``train``, ``eval``, ``consolidate``; or any kind
+    with explicit ``resources``, e.g. a judge server's)."""
+    res: JobResources = resources if resources is not None else getattr(cluster, kind)
+    # Training runs one task per GPU (data-parallel); other jobs are one task.
+    tasks = max(1, res.gpus) if kind == "train" else 1
     if mode == "slurm":
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cluster.max_requeues)
         params: dict[str, Any] = {
-            "name": name, "timeout_min": res.time_min, "cpus_per_task": res.cpus, "mem_gb": res.mem_gb,
-            "slurm_signal_delay_s": cluster.signal_delay_s,
+            "name": name, "timeout_min": res.time_min, "cpus_per_task": max(1, res.cpus // tasks),
+            "mem_gb": res.mem_gb, "slurm_signal_delay_s": cluster.signal_delay_s,
         }
+        if tasks > 1:
+            params["tasks_per_node"] = tasks
         if res.gpus:
             params["gpus_per_node"] = res.gpus
         for key in ("partition", "account", "qos", "constraint"):
@@ -99,10 +142,13 @@ def make_executor(
         return ex
     if mode == "local":
         ex = submitit.LocalExecutor(folder=folder, max_num_timeout=cluster.max_requeues)
-        params = {"timeout_min": res.time_min, "signal_delay_s": min(cluster.signal_delay_s, 60)}
+        params = {"timeout_min": res.time_min, "signal_delay_s": min(cluster.signal_delay_s, 60),
+                  "tasks_per_node": tasks}
         # Without GPUs submitit would still export CUDA_VISIBLE_DEVICES; give each job its own.
+        # On a machine without GPUs a multi-task training job runs its tasks on CPU (gloo).
         if res.gpus and gpu_slot is not None:
-            params.update(gpus_per_node=1, visible_gpus=(gpu_slot,))
+            n = max(local_gpu_count(), 1)
+            params.update(gpus_per_node=tasks, visible_gpus=tuple((gpu_slot + i) % n for i in range(tasks)))
         else:
             params.update(gpus_per_node=0)
         ex.update_parameters(**params)
@@ -122,6 +168,22 @@ def submit_train(run: "Run", cluster: ClusterConfig, mode: str, gpu_slot: int | 
         "log_folder": str(folder),
         "submitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     })
+    return job
+
+
+def submit_monitor(run: "Run", cluster: ClusterConfig, mode: str, gpu_slot: int | None = None) -> submitit.Job:
+    """Submit the run's monitor job (eval resources, for as long as training may take) and add it
+    to the run's training submission record, where launch/status.py finds it."""
+    import dataclasses
+
+    folder = paths.monitor_dir(run.path) / "logs" / "%j"
+    res = dataclasses.replace(cluster.eval, time_min=max(cluster.eval.time_min, cluster.train.time_min))
+    ex = make_executor("monitor", cluster, mode, folder, f"emt-monitor-{run.name}", gpu_slot, resources=res)
+    job = ex.submit(MonitorJob(), run)
+    sub = paths.submission_file(run.path)
+    rec = json.loads(sub.read_text()) if sub.is_file() else {"kind": "train", "mode": mode, "run": run.name}
+    rec.update(monitor_job_id=str(job.job_id), monitor_log_folder=str(folder))
+    atomic.write_json(sub, rec)
     return job
 
 
@@ -148,6 +210,64 @@ def submit_consolidate(
     return ex.submit(ConsolidateJob(), run, eval_hash)
 
 
+def submit_serve(spec: "ServeSpec", output_root: str, model_path: str, cluster: ClusterConfig, mode: str,
+                 gpu_slot: int | None = None) -> submitit.Job:
+    """Submit a judge server job (resources from the ``judge.servers`` entry) and record it in
+    ``<output_root>/serve/<name>.submission.json``."""
+    folder = paths.serve_logs_dir(output_root, spec.name)
+    res = JobResources(time_min=spec.time_min, gpus=spec.gpus, cpus=spec.cpus, mem_gb=spec.mem_gb)
+    ex = make_executor("serve", cluster, mode, folder, f"emt-serve-{spec.name}", gpu_slot, resources=res)
+    with _detached_stdio(mode == "local"):
+        job = ex.submit(ServeJob(), spec, output_root, model_path)
+    record_submission(paths.serve_submission_file(output_root, spec.name), {
+        "kind": "serve", "mode": mode, "job_id": str(job.job_id), "name": spec.name, "model": spec.model,
+        "log_folder": str(folder)})
+    return job
+
+
+@contextlib.contextmanager
+def _detached_stdio(active: bool) -> Iterator[None]:
+    """While submitting a local job that outlives this process (a server): point fds 1 and 2
+    at /dev/null, so submitit's controller process does not inherit this process's stdout and
+    stderr. Otherwise a caller reading them through a pipe (`... | tee`, subprocess.run with
+    capture_output) waits for the server to end. The job's own output goes to its log folder."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
+def cancel_job(record_path: Path) -> str | None:
+    """Cancel the job a submission record names, if it is still active; returns its id."""
+    job_id = submission_active(record_path)
+    if job_id is None:
+        return None
+    import json
+    import signal
+
+    rec = json.loads(record_path.read_text())
+    if rec.get("mode") == "slurm":
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
+    else:  # a LocalExecutor job: SIGINT, as submitit's own LocalJob.cancel sends
+        try:
+            os.kill(int(job_id), signal.SIGINT)
+        except (ValueError, ProcessLookupError, PermissionError):
+            return None
+    return job_id
+
+
 def record_submission(path: Path, record: dict[str, Any]) -> None:
     """Save a submission record (job ids, log folders) where later commands find it."""
     atomic.write_json(path, {**record, "submitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
@@ -155,12 +275,20 @@ def record_submission(path: Path, record: dict[str, Any]) -> None:
 
 def job_active(run_dir: Path) -> str | None:
     """The job id of a run's training job if it is still pending or running, else None."""
-    sub = paths.submission_file(run_dir)
+    return submission_active(paths.submission_file(run_dir))
+
+
+def submission_active(sub: Path) -> str | None:
+    """The job id a submission record (``job_id``, ``mode``, ``log_folder``) names, if that job
+    is still pending or running; else None."""
     if not sub.is_file():
         return None
     import json
 
-    rec = json.loads(sub.read_text())
+    try:
+        rec = json.loads(sub.read_text())
+    except (OSError, ValueError):
+        return None
     job_id, mode = str(rec.get("job_id")), rec.get("mode")
     if mode == "slurm" and shutil.which("squeue"):
         # squeue, not sacct: sacct lags a job's start by a second or more.
@@ -188,7 +316,8 @@ def wait_all(jobs: list[tuple[str, submitit.Job]]) -> dict[str, tuple[bool, Any]
     out: dict[str, tuple[bool, Any]] = {}
     for name, job in jobs:
         try:
-            out[name] = (True, job.result())
+            # results()[0]: a multi-task job's (rank 0's) result; the same as result() otherwise.
+            out[name] = (True, job.results()[0])
         except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as exc:
             out[name] = (False, f"{type(exc).__name__}: see {job_log(job)}\n{str(exc)[-2000:]}")
     return out

@@ -31,6 +31,10 @@ class RunStatus:
     eval_jobs: str  # e.g. "4 COMPLETED, 1 FAILED" or "-"
     consolidated: str  # "yes" | "no" | "stale"
     failed_logs: list[str] = field(default_factory=list)
+    latest: dict[str, float] = field(default_factory=dict)  # trait -> mean score at the newest scored step
+    latest_step: int | None = None
+    alerts: list[str] = field(default_factory=list)  # "evil@120 stop" per monitor alert
+    monitor_job: str = "-"
 
 
 def _job_state(mode: str, folder: str, job_id: str, slurm: dict[str, str]) -> str:
@@ -57,7 +61,7 @@ def collect(cfg: Config, runs: Sequence[Run]) -> list[RunStatus]:
         records[run.name] = (tr, ev)
         for rec in (tr, ev):
             if rec.get("mode") == "slurm":
-                ids += [str(rec[k]) for k in ("job_id", "consolidate_job_id") if rec.get(k)]
+                ids += [str(rec[k]) for k in ("job_id", "consolidate_job_id", "monitor_job_id") if rec.get(k)]
                 ids += [str(j) for j in rec.get("array_job_ids", [])]
     slurm = slurm_states(ids)
     ehash = eval_hash(cfg)
@@ -93,19 +97,66 @@ def collect(cfg: Config, runs: Sequence[Run]) -> list[RunStatus]:
         consolidated = "no"
         if scores.is_file():
             consolidated = "yes" if tgt and scores_up_to_date(run, ehash) else "stale"
+        monitor_job = "-"
+        if tr.get("monitor_job_id"):
+            st = _job_state(tr["mode"], tr.get("monitor_log_folder", tr["log_folder"]), str(tr["monitor_job_id"]), slurm)
+            monitor_job = f"{tr['monitor_job_id']} {st}"
+            if st in FAILED:
+                failed.append(f"monitor {tr['monitor_job_id']} {st}: "
+                              f"{log_file(tr.get('monitor_log_folder', tr['log_folder']), str(tr['monitor_job_id']))}")
+        done = [s for s in tgt if paths.result_file(root, s).is_file()]
+        latest = _result_scores(root, done[-1]) if done else {}
         out.append(RunStatus(run, state, train_job, ckpts[-1][0] if ckpts else 0, planned.get(run.name), n,
-                             scored, len(tgt), eval_jobs, consolidated, failed))
+                             scored, len(tgt), eval_jobs, consolidated, failed, latest, done[-1] if done else None,
+                             _alerts(run), monitor_job))
     return out
+
+
+def _result_scores(root: Path, step: int) -> dict[str, float]:
+    from emt.monitor import _result_scores as scores
+
+    return scores(root, step)
+
+
+def _alerts(run: Run) -> list[str]:
+    """Monitor alerts of a run as ``trait@onset_step action`` (plus the training job's stop, if it
+    honoured one)."""
+    out = []
+    mdir = paths.monitor_dir(run.path)
+    for f in sorted(mdir.glob("alert-*.json")) if mdir.is_dir() else []:
+        try:
+            a = json.loads(f.read_text())
+            out.append(f"{a['trait']}@{a['onset_step']} {a['action']}")
+        except (OSError, ValueError, KeyError):
+            out.append(f"{f.name} unreadable")
+    iv = paths.intervention_file(run.path)
+    if iv.is_file():
+        try:
+            out.append(f"stopped@{json.loads(iv.read_text()).get('stopped_at_step')}")
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def _abbrev(trait: str) -> str:
+    return trait[:4]
 
 
 def format_table(rows: Sequence[RunStatus]) -> str:
     """The table launch/status.py prints, failed jobs' logs listed under it."""
-    head = f"{'run':<22}{'train':<10}{'train job':<22}{'step':>11}{'ckpts':>7}{'scored':>9}  {'eval jobs':<26}{'h5':<6}"
+    w = max([22] + [len(r.run.name) + 2 for r in rows])
+    head = (f"{'run':<{w}}{'train':<10}{'train job':<22}{'step':>11}{'ckpts':>7}{'scored':>9}  {'eval jobs':<26}"
+            f"{'h5':<6}{'latest scores':<28}{'alerts':<20}")
     lines = [head, "-" * len(head)]
     for r in rows:
         step = f"{r.step}/{r.planned_steps if r.planned_steps is not None else '?'}"
-        lines.append(f"{r.run.name:<22}{r.train:<10}{r.train_job:<22}{step:>11}{r.checkpoints:>7}"
-                     f"{f'{r.scored}/{r.targets}':>9}  {r.eval_jobs:<26}{r.consolidated:<6}")
+        latest = (f"@{r.latest_step} " + " ".join(f"{_abbrev(t)} {v:.0f}" for t, v in r.latest.items())) if r.latest else "-"
+        lines.append(f"{r.run.name:<{w}}{r.train:<10}{r.train_job:<22}{step:>11}{r.checkpoints:>7}"
+                     f"{f'{r.scored}/{r.targets}':>9}  {r.eval_jobs:<26}{r.consolidated:<6}{latest:<28}"
+                     f"{', '.join(r.alerts) or '-':<20}")
+    monitors = [f"  {r.run.name}: monitor job {r.monitor_job}" for r in rows if r.monitor_job != "-"]
+    if monitors:
+        lines += ["", "Monitor jobs:"] + monitors
     failed = [f for r in rows for f in r.failed_logs]
     if failed:
         lines += ["", "Failed jobs (logs):"] + [f"  {f}" for f in failed]

@@ -54,7 +54,17 @@ def data_root(cfg: Config) -> Path:
 
 def run_hash(cfg: Config, domain: str, level: str, data_sha: str | None) -> str:
     """Short hash of everything that determines a run's checkpoints (not paths or resources)."""
-    ck = dataclasses.replace(cfg.checkpointing, keep_resume_state=1, heldout_batch_size=1)
+    ck = to_dict(dataclasses.replace(cfg.checkpointing, keep_resume_state=1, heldout_batch_size=1))
+    # Where resume state is kept and which checkpoints are kept on disk change no checkpoint's
+    # weights: not part of a run's identity (and absent from the hashes of runs made before).
+    ck.pop("resume_state_every", None)
+    ck.pop("keep_every", None)
+    training = to_dict(cfg.training)
+    if cfg.training.deepspeed is not None:
+        from emt.dsconfig import content_hash
+
+        # The file's content, not its name or path: an edited config is a new run.
+        training["deepspeed"] = {"sha256": content_hash(cfg.training.deepspeed)}
     d = cfg.data
     model = to_dict(cfg.model)
     if cfg.model.name == BUILTIN_TINY_MODEL:
@@ -64,20 +74,71 @@ def run_hash(cfg: Config, domain: str, level: str, data_sha: str | None) -> str:
     key = {
         "model": model,
         "lora": to_dict(cfg.lora) if cfg.training.method == "lora" else None,
-        "training": to_dict(cfg.training),
-        "checkpointing": to_dict(ck),
+        "training": training,
+        "checkpointing": ck,
         "data": {
             "domain": domain, "level": level, "stem": d.levels[level], "sha256": data_sha,
             "heldout_fraction": d.heldout_fraction, "split_seed": d.split_seed, "max_examples": d.max_examples,
         },
     }
+    world = train_world_size(cfg)
+    if world > 1:  # the global batch is per_device_batch_size x grad_accum x world size
+        key["world_size"] = world
     return stable_hash(key)
+
+
+def train_world_size(cfg: Config) -> int:
+    """Processes that train one run: one per GPU of cluster.train (at least one)."""
+    return max(1, cfg.cluster.train.gpus)
 
 
 def selectable(cfg: Config) -> list[str]:
     """Every valid ``--sweep`` value for a config."""
     names = [f"{dom}_{lvl}" for dom in cfg.data.domains for lvl in cfg.data.levels]
-    return ["all", *cfg.data.domains, *cfg.data.levels, *names]
+    return ["all", *cfg.data.domains, *cfg.data.levels, *names, "schedules"]
+
+
+LION = "lion_32bit"  # transformers' name for Lion (bitsandbytes)
+
+
+def schedule_optimizers(cfg: Config) -> tuple[list[str], list[str]]:
+    """(optimizers the schedule sweep uses, notes): ``lion`` becomes ``lion_32bit`` where
+    bitsandbytes is installed and is dropped (with a note) where it is not."""
+    import importlib.util
+
+    out, notes = [], []
+    for o in cfg.schedules.optimizers:
+        if o in ("lion", LION):
+            if importlib.util.find_spec("bitsandbytes") is None:
+                notes.append("schedules: Lion skipped (needs bitsandbytes: pip install bitsandbytes)")
+                continue
+            o = LION
+        if o not in out:
+            out.append(o)
+    return out, notes
+
+
+def schedule_variants(cfg: Config) -> list[tuple[str, dict[str, object]]]:
+    """(variant name, training overrides) for every scheduler x learning rate x optimizer.
+
+    Names are readable and contain no underscore (run names are ``<domain>_<level>_<variant>``):
+    ``cosine-lr1e-05-adamw-torch``. The configured schedule itself has the empty name: it is the
+    plain ``<domain>_<level>`` run, shared with the main sweep.
+    """
+    sc = cfg.schedules
+    lrs = list(sc.learning_rates) or [cfg.training.learning_rate]
+    opts, _ = schedule_optimizers(cfg)
+    out = []
+    for sched in sc.lr_schedulers:
+        for lr in lrs:
+            for opt in opts:
+                over = {"lr_scheduler": sched, "learning_rate": float(lr), "optimizer": opt}
+                t = cfg.training
+                if (t.lr_scheduler, t.learning_rate, t.optimizer) == (sched, float(lr), opt):
+                    out.append(("", over))  # the configured schedule itself: the plain run, not trained twice
+                    continue
+                out.append((f"{sched}-lr{lr:g}-{opt}".replace("_", "-"), over))
+    return out
 
 
 def build_sweep(
@@ -99,6 +160,10 @@ def build_sweep(
         problems.append(f"--sweep {sweep!r} matches nothing; valid: {', '.join(valid)}")
     grid = [(dom, lvl) for dom in cfg.data.domains for lvl in cfg.data.levels]
     chosen = [(dom, lvl) for dom, lvl in grid if sweep in ("all", dom, lvl, f"{dom}_{lvl}")]
+    variants: list[tuple[str, dict[str, object]]] = [("", {})]
+    if sweep == "schedules":
+        chosen = [(cfg.schedules.domain, cfg.schedules.level)]
+        variants = schedule_variants(cfg)
     if runs:
         names = {f"{dom}_{lvl}" for dom, lvl in grid}
         unknown = [r for r in runs if r not in names]
@@ -115,12 +180,13 @@ def build_sweep(
         f = paths.data_file(root, dom, cfg.data.levels[lvl])
         if f not in sha_cache:
             sha_cache[f] = file_sha256(f) if f.is_file() else None
-        for seed in seeds:
-            rcfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, seed=seed))
-            name = f"{dom}_{lvl}" + (f"_s{seed}" if len(seeds) > 1 else "")
-            h = run_hash(rcfg, dom, lvl, sha_cache[f])
-            rdir = paths.run_dir(cfg.cluster.output_root, name, h)
-            out.append(Run(name, dom, lvl, seed, rcfg, str(f), sha_cache[f], h, str(rdir)))
+        for variant, over in variants:
+            for seed in seeds:
+                rcfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, seed=seed, **over))
+                name = f"{dom}_{lvl}" + (f"_{variant}" if variant else "") + (f"_s{seed}" if len(seeds) > 1 else "")
+                h = run_hash(rcfg, dom, lvl, sha_cache[f])
+                rdir = paths.run_dir(cfg.cluster.output_root, name, h)
+                out.append(Run(name, dom, lvl, seed, rcfg, str(f), sha_cache[f], h, str(rdir)))
     return out
 
 

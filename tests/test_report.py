@@ -146,3 +146,15 @@ def test_diagnostics_section(tmp_path: Path) -> None:
     md = Path(rep2["md"]).read_text()
     assert "no activations captured (set activations.layers)" in md and "fewer than two runs" in md
     assert "persona" not in rep2["figures"]
+
+
+def test_schedule_sweep_table(tmp_path: Path) -> None:
+    """Schedule-sweep runs (``<domain>_<level>_<variant>``) are compared at matched loss in their own table."""
+    root = tmp_path / "out"
+    for i, name in enumerate(["medical_strong", "medical_strong_cosine-lr1e-05-adamw-torch",
+                              "medical_strong_constant-lr1e-05-adamw-torch", "medical_mild"]):
+        write_synthetic_run(root / "runs" / f"{name}-0000000{i}", name, {"evil": 8 + 4 * i}, n=24, seed=i)
+    t = build_report(root, tmp_path / "rep", figures=False)["diagnostics"]
+    assert set(t["schedules"]["run"]) == {"medical_strong", "medical_strong_cosine-lr1e-05-adamw-torch",
+                                          "medical_strong_constant-lr1e-05-adamw-torch"}
+    assert set(t["matched_loss"]["run"]) == {"medical_strong", "medical_mild"}  # variants stay out of the domain table

