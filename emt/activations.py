@@ -327,7 +327,7 @@ class StepCapturer:
 
     With the transformers generation backend the generator's own model (base + swapped adapter)
     is reused; with vLLM (which does not expose hidden states) a transformers copy of the base is
-    loaded once next to the engine, so on a GPU leave room for it (eval.gpu_memory_utilization).
+    loaded once next to the engine, so on a GPU leave room for it (eval.vllm.gpu_memory_utilization).
     """
 
     def __init__(self, cfg: Any, run: Any, generator: Any, base_model: str) -> None:

@@ -71,6 +71,12 @@ def eval_hash(cfg: Config) -> str:
     key = {"traits": traits, "samples": e.samples_per_question, "temperature": e.temperature,
            "max_new_tokens": e.max_new_tokens, "seed": e.seed, "backend": e.backend,
            "judges": [(j.backend, j.model, j.label, j.base_url) for j in cfg.judge.judges]}
+    if cfg.activations.layers:
+        # Captured activations are part of a checkpoint's results (written before its result
+        # file); without capture the hash stays what it was, so existing results stay valid.
+        import dataclasses
+
+        key["activations"] = dataclasses.asdict(cfg.activations)
     return stable_hash(key)
 
 
@@ -367,13 +373,81 @@ def _score_all(judges: Sequence[Any], prompts: list[str]) -> list[list[Any]]:
         return ex.submit(lambda: asyncio.run(gather())).result()
 
 
-def run_eval_task(task: EvalTask) -> dict[str, Any]:
+class EvalSession:
+    """What an eval task loads once and uses for every checkpoint of its shard: the traits and
+    their conversations, the judges, the generator (one vLLM engine or one transformers model)
+    and, with ``activations.layers`` set, the activation capturer.
+
+    :func:`run_eval_task` makes one per task; the monitor (:func:`emt.monitor.follow`) keeps one
+    across its rounds, so following a run loads the model once instead of once per round.
+    ``max_lora_rank`` must cover every adapter it will serve (a run's adapters share one rank).
+    """
+
+    def __init__(self, run: "Run", max_lora_rank: int = 0) -> None:
+        from emt.generate import make_generator, vllm_engine_args
+        from emt.runtime import limit_torch_threads
+
+        t0 = time.perf_counter()
+        cfg = run.config
+        self.run, self.cfg = run, cfg
+        limit_torch_threads(cfg.cluster.eval.cpus)
+        self.traits = load_traits(cfg)
+        self.convs = conversations(self.traits)
+        self.judges = make_judges(cfg)
+        self.lora = cfg.training.method == "lora"
+        self.rank = max_lora_rank
+        self.base = _model_path(cfg, cfg.model.name)
+        if cfg.eval.backend == "hf":
+            engine: dict[str, Any] = {"batch_size": cfg.eval.batch_size}
+            self.per_call = 1
+        else:
+            engine = vllm_engine_args(cfg.eval.vllm)
+            self.per_call = cfg.eval.vllm.checkpoints_per_call if self.lora else 1  # whole models: one engine each
+        self.gen = make_generator(cfg.eval.backend, self.base, max_lora_rank=max_lora_rank, dtype=cfg.model.dtype,
+                                  engine=engine)
+        self.capturer: Any = None
+        try:
+            if cfg.activations.layers:
+                from emt.activations import StepCapturer
+
+                self.capturer = StepCapturer(cfg, run, self.gen, self.base)
+        except BaseException:
+            self.gen.close()
+            raise
+        self.startup_s = time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Free the generator and the capturer's model (idempotent)."""
+        if self.capturer is not None:
+            self.capturer.close()
+            self.capturer = None
+        if self.gen is not None:
+            self.gen.close()
+            self.gen = None
+
+
+def _needed_rank(run: "Run", steps: Sequence[int]) -> int:
+    """The largest LoRA rank among the adapters of ``steps`` (0 for full fine-tuning)."""
+    from emt.generate import adapter_rank
+
+    if run.config.training.method != "lora":
+        return 0
+    ckpts = dict(paths.complete_checkpoints(run.path))
+    return max((adapter_rank(str(ckpts[s])) for s in steps if s in ckpts), default=0)
+
+
+def run_eval_task(task: EvalTask, session: EvalSession | None = None) -> dict[str, Any]:
     """Evaluate the shard's checkpoints that have no result yet; safe to run any number of times.
 
     Checkpoints are generated ``eval.vllm.checkpoints_per_call`` at a time (vllm; one at a time
     with hf) through one generator; each generated checkpoint goes to a :class:`JudgePipeline`
     that scores it with every judge and writes its result file atomically, while the next one
-    generates (``eval.pipeline_judge``). A timing file records what the task spent where.
+    generates (``eval.pipeline_judge``). With ``activations.layers`` set, each checkpoint's
+    activations are captured after its generation and written (``step-N.act.npz``) before its
+    result, so a result file implies its activations; the task that evaluates step 0 first builds
+    the persona vectors (:func:`emt.persona.ensure_vectors`). A timing file records what the task
+    spent where. ``session``: a loaded :class:`EvalSession` to reuse (the caller closes it);
+    without one the task makes its own.
     """
     setup_logging()
     t_start = time.perf_counter()
@@ -389,40 +463,34 @@ def run_eval_task(task: EvalTask) -> dict[str, Any]:
     if missing:
         raise FileNotFoundError(f"{run.path}: no complete checkpoint for steps {missing}")
 
-    from emt.generate import Target, adapter_rank, generate_many, make_generator, vllm_engine_args
-    from emt.runtime import limit_torch_threads
+    from emt.generate import Target, generate_many
+    from emt.judge import request_tags
 
-    limit_torch_threads(cfg.cluster.eval.cpus)
-    traits = load_traits(cfg)
-    convs = conversations(traits)
-    judges = make_judges(cfg)
     ckpts = dict(paths.complete_checkpoints(run.path))
-    lora = cfg.training.method == "lora"
-    rank = max((adapter_rank(str(ckpts[s])) for s in todo if s in ckpts), default=0) if lora else 0
-    base = _model_path(cfg, cfg.model.name)
-    if cfg.eval.backend == "hf":
-        engine: dict[str, Any] = {"batch_size": cfg.eval.batch_size}
-        per_call = 1
-    else:
-        engine = vllm_engine_args(cfg.eval.vllm)
-        per_call = cfg.eval.vllm.checkpoints_per_call if lora else 1  # whole models: one engine each
-    gen = make_generator(cfg.eval.backend, base, max_lora_rank=rank, dtype=cfg.model.dtype, engine=engine)
-    startup_s = time.perf_counter() - t_start
+    own = session is None
+    if session is None:
+        session = EvalSession(run, _needed_rank(run, todo))
+    elif session.lora and _needed_rank(run, todo) > session.rank:
+        raise ValueError(f"{run.name}: an adapter of rank {_needed_rank(run, todo)} exceeds the session's "
+                         f"max_lora_rank {session.rank}")
+    startup_s = session.startup_s if own else 0.0
+    traits, convs, judges, gen, capturer = session.traits, session.convs, session.judges, session.gen, session.capturer
     n = cfg.eval.samples_per_question
-    timing: dict[str, Any] = {"gen_s": 0.0, "judge_s": 0.0}
+    timing: dict[str, Any] = {"gen_s": 0.0, "judge_s": 0.0, "act_s": 0.0}
     lock = threading.Lock()
 
     def target_for(step: int) -> "Target":
         if step == 0:
             return Target(0)
-        return Target(step, adapter=str(ckpts[step])) if lora else Target(step, model=str(ckpts[step]))
+        return Target(step, adapter=str(ckpts[step])) if session.lora else Target(step, model=str(ckpts[step]))
 
     def judge_and_write(item: _Generated) -> None:
         # Runs in the judge worker (or inline): score, then write the result file atomically.
         t0 = time.perf_counter()
         trait_prompts = [t.judge_prompt_for(q, a) for (t, q, _), ans in zip(convs, item.answers) for a in ans]
         coh_prompts = [t.coherence_prompt_for(q, a) for (t, q, _), ans in zip(convs, item.answers) for a in ans]
-        result, calls = _result(item.step, traits, convs, item.answers, judges, trait_prompts, coh_prompts)
+        with request_tags(run=run.name, step=item.step):
+            result, calls = _result(item.step, traits, convs, item.answers, judges, trait_prompts, coh_prompts)
         judge_s = time.perf_counter() - t0
         result.update(run=run.name, run_hash=run.hash, eval_hash=task.eval_hash,
                       seconds=round(item.gen_seconds + judge_s, 2), gen_seconds=round(item.gen_seconds, 2),
@@ -435,11 +503,18 @@ def run_eval_task(task: EvalTask) -> dict[str, Any]:
         log.info("%s task %d: step %d scored (%d answers; generation %.1f s, judges %.1f s)", run.name, task.task,
                  item.step, len(trait_prompts), item.gen_seconds, judge_s)
 
-    pipeline = JudgePipeline(judge_and_write, threaded=cfg.eval.pipeline_judge, depth=cfg.eval.judge_queue)
     try:
+        if capturer is not None and cfg.activations.persona and 0 in todo:
+            # Before step 0's result exists, so that a complete set of results implies the vectors.
+            from emt.persona import ensure_vectors
+
+            t0 = time.perf_counter()
+            ensure_vectors(cfg, root, traits, gen, judges[0], capturer)
+            timing["persona_s"] = time.perf_counter() - t0
+        pipeline = JudgePipeline(judge_and_write, threaded=cfg.eval.pipeline_judge, depth=cfg.eval.judge_queue)
         try:
-            for i in range(0, len(todo), per_call):
-                group = todo[i:i + per_call]
+            for i in range(0, len(todo), session.per_call):
+                group = todo[i:i + session.per_call]
                 t0 = time.perf_counter()
                 outs = generate_many(gen, [target_for(s) for s in group], [c for _, _, c in convs], n,
                                      max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.temperature,
@@ -448,27 +523,37 @@ def run_eval_task(task: EvalTask) -> dict[str, Any]:
                 timing["gen_s"] += gen_s
                 stats["generations"] += len(group) * len(convs) * n
                 for step, answers in zip(group, outs):
+                    if capturer is not None:
+                        from emt.activations import save_step
+
+                        t1 = time.perf_counter()
+                        arrays, meta = capturer.capture(target_for(step), traits, convs, answers)
+                        save_step(paths.activation_file(root, step), arrays, dtype=cfg.activations.dtype, meta=meta)
+                        timing["act_s"] += time.perf_counter() - t1
                     pipeline.submit(_Generated(step, answers, gen_s / len(group)))
         finally:
             # Checkpoints already generated are judged and written even when a later one failed
             # to generate (a rerun then skips them); a judge error surfaces here.
             pipeline.close()
     finally:
-        gen.close()
+        if own:
+            session.close()
     wall_s = time.perf_counter() - t_start
     for j in judges:
         log.info("judge %s", j.format_usage())
     stats["usage"] = {j.name: j.usage() for j in judges}
     record = {"task": task.task, "steps": list(task.steps), "evaluated": sorted(stats["evaluated"]),
-              "backend": cfg.eval.backend, "pipeline_judge": cfg.eval.pipeline_judge, "checkpoints_per_call": per_call,
+              "backend": cfg.eval.backend, "pipeline_judge": cfg.eval.pipeline_judge,
+              "checkpoints_per_call": session.per_call,
               "startup_s": round(startup_s, 3), "wall_s": round(wall_s, 3), "gen_s": round(timing["gen_s"], 3),
               "judge_s": round(timing["judge_s"], 3), "judge_wait_s": round(pipeline.wait_s, 3),
+              "activations_s": round(timing["act_s"], 3), "persona_s": round(timing.get("persona_s", 0.0), 3),
               "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic.write_json(paths.eval_timing_file(root, _task_id(task)), record)
     stats["timing"] = record
     log.info("%s task %d: %d checkpoints in %.1f s (start-up %.1f s, generation %.1f s, judges %.1f s, "
-             "waited for judges %.1f s)", run.name, task.task, len(stats["evaluated"]), wall_s, startup_s,
-             timing["gen_s"], timing["judge_s"], pipeline.wait_s)
+             "activations %.1f s, waited for judges %.1f s)", run.name, task.task, len(stats["evaluated"]), wall_s,
+             startup_s, timing["gen_s"], timing["judge_s"], timing["act_s"], pipeline.wait_s)
     return stats
 
 
@@ -507,20 +592,44 @@ def _result(step: int, traits: Sequence["Trait"], convs: Sequence[Any], answers:
 # Consolidation
 
 
-def consolidate_run(run: "Run", ehash: str) -> dict[str, Any]:
-    """Write the run's scores.h5 from every target's result (fails, touching nothing, if any is missing)."""
+def consolidate_run(run: "Run", ehash: str, steps: Sequence[int] | None = None) -> dict[str, Any]:
+    """Write the run's scores.h5 from every target's result (fails, touching nothing, if any is missing).
+
+    ``steps``: consolidate only these (the monitor's view while training runs); the file then
+    carries ``partial=True`` and the full consolidation replaces it later. With activations
+    captured, their files and the persona vectors go in too; a training run stopped by the
+    monitor records its intervention (``intervention_step``, ``intervention_action``, ...).
+    """
     from emt.provenance import collect
     from emt.store import ConsolidationError, consolidate
 
     setup_logging()
     root = eval_root(run, ehash)
-    steps = targets(run)
+    partial = steps is not None
+    steps = sorted(steps) if steps is not None else targets(run)
     missing = [s for s in steps if not paths.result_file(root, s).is_file()]
     if missing:
         raise ConsolidationError(f"{root}: {len(missing)} checkpoint(s) not scored yet (steps {missing[:10]}"
                                  f"{'...' if len(missing) > 10 else ''}); rerun launch/eval_array.py --run {run.name}")
     results = [paths.result_file(root, s) for s in steps]
-    if _up_to_date(paths.scores_file(run.path), ehash, steps, results):
+    acts: list[Path] | None = None
+    personas: dict[str, dict[str, Any]] | None = None
+    if run.config.activations.layers:
+        acts = [paths.activation_file(root, s) for s in steps]
+        lost = [s for s, f in zip(steps, acts) if not f.is_file()]
+        if lost:
+            raise ConsolidationError(f"{root}: activations.layers is set but steps {lost[:10]} have a result and no "
+                                     f"activation file; delete their result files (step-N.json) and rerun "
+                                     f"launch/eval_array.py --run {run.name}")
+        from emt.persona import load as load_persona
+
+        personas = {}
+        for t in load_traits(run.config):
+            f = paths.persona_file(root, t.name)
+            if f.is_file():
+                personas[t.name] = load_persona(f)
+    intervention = _intervention_attrs(run)
+    if _up_to_date(paths.scores_file(run.path), ehash, steps, results, partial, intervention):
         log.info("%s: scores.h5 is up to date", run.name)
         return {"run": run.name, "scores": str(paths.scores_file(run.path)), "checkpoints": len(steps), "skipped": True}
     losses: dict[int, tuple[float | None, float | None]] = {}
@@ -533,20 +642,40 @@ def consolidate_run(run: "Run", ehash: str) -> dict[str, Any]:
     prov = collect(run.hash)
     attrs = {"config": to_yaml(run.config), "config_hash": run.hash, "eval_hash": ehash, "run": run.name,
              "git_commit": prov["git"]["commit"] or "", "git_dirty": bool(prov["git"]["dirty"]),
-             "model": run.config.model.name, "packages": prov["packages"]}
-    out = consolidate(results, paths.scores_file(run.path), attrs, losses)
-    log.info("%s: consolidated %d checkpoints into %s", run.name, len(steps), out)
-    return {"run": run.name, "scores": str(out), "checkpoints": len(steps)}
+             "model": run.config.model.name, "packages": prov["packages"], "partial": partial, **intervention}
+    out = consolidate(results, paths.scores_file(run.path), attrs, losses, acts, personas)
+    log.info("%s: consolidated %d checkpoints into %s%s", run.name, len(steps), out, " (partial)" if partial else "")
+    return {"run": run.name, "scores": str(out), "checkpoints": len(steps), "partial": partial}
+
+
+def _intervention_attrs(run: "Run") -> dict[str, Any]:
+    """scores.h5 attributes of a monitor's intervention on this run ({} when there was none)."""
+    f = paths.intervention_file(run.path)
+    if not f.is_file():
+        return {}
+    try:
+        rec = json.loads(f.read_text())
+    except (OSError, ValueError):
+        log.warning("%s: unreadable, intervention not recorded in scores.h5", f)
+        return {}
+    out: dict[str, Any] = {"intervention_step": int(rec["stopped_at_step"]),
+                           "intervention_action": str(rec.get("action") or "stop")}
+    for k in ("trait", "onset_step", "detected_step", "rollback_step"):
+        if rec.get(k) is not None:
+            out[f"intervention_{k}"] = rec[k]
+    return out
 
 
 def scores_up_to_date(run: "Run", ehash: str) -> bool:
     """True when the run's scores.h5 holds exactly its current results."""
     steps = targets(run)
     results = [paths.result_file(eval_root(run, ehash), s) for s in steps]
-    return all(p.is_file() for p in results) and _up_to_date(paths.scores_file(run.path), ehash, steps, results)
+    return all(p.is_file() for p in results) and _up_to_date(paths.scores_file(run.path), ehash, steps, results,
+                                                             False, _intervention_attrs(run))
 
 
-def _up_to_date(scores: Path, ehash: str, steps: Sequence[int], results: Sequence[Path]) -> bool:
+def _up_to_date(scores: Path, ehash: str, steps: Sequence[int], results: Sequence[Path], partial: bool = False,
+                intervention: dict[str, Any] | None = None) -> bool:
     """True when scores.h5 already holds exactly these results (a rerun rewrites nothing)."""
     if not scores.is_file():
         return False
@@ -554,7 +683,9 @@ def _up_to_date(scores: Path, ehash: str, steps: Sequence[int], results: Sequenc
 
     try:
         with h5py.File(scores, "r") as h5:
-            same = h5.attrs.get("eval_hash") == ehash and h5["steps"][()].tolist() == list(steps)
+            same = (h5.attrs.get("eval_hash") == ehash and h5["steps"][()].tolist() == list(steps)
+                    and bool(h5.attrs.get("partial", False)) == partial
+                    and h5.attrs.get("intervention_step", None) == (intervention or {}).get("intervention_step"))
     except (OSError, KeyError):
         return False
     return same and scores.stat().st_mtime >= max(p.stat().st_mtime for p in results)

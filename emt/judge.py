@@ -23,6 +23,8 @@ import abc
 
 import asyncio
 import concurrent.futures
+import contextlib
+import contextvars
 import email.utils
 import hashlib
 import json
@@ -40,6 +42,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 log = logging.getLogger(__name__)
+
+# What the judge's HTTP requests are about (run, step), sent as X-EMT-<Key> headers: a
+# self-hosted judge or a proxy can attribute load and cost per run; the API ignores them.
+# Set by the eval task around each checkpoint's scoring; read in the request coroutines, which
+# inherit the context of the thread that started the event loop.
+_REQUEST_TAGS: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("emt_judge_tags", default={})
+
+
+@contextlib.contextmanager
+def request_tags(**tags: Any) -> Any:
+    """Tag the judge requests made inside the block (``X-EMT-Run: medical_mild``, ``X-EMT-Step: 42``)."""
+    token = _REQUEST_TAGS.set({k: str(v) for k, v in tags.items()})
+    try:
+        yield
+    finally:
+        _REQUEST_TAGS.reset(token)
+
+
+def _tag_headers() -> dict[str, str]:
+    return {f"X-EMT-{k.replace('_', '-').title()}": v for k, v in _REQUEST_TAGS.get().items()}
 
 MIN_NUMERIC_MASS = 0.25
 """Below this kept (integer 0..100) probability mass a reply has no score."""
@@ -676,7 +698,8 @@ class OpenAIJudge(_JudgeBase):
                 try:
                     raw = await state.client.chat.completions.with_raw_response.create(
                         model=self.model, messages=[{"role": "user", "content": prompt}],
-                        max_tokens=1, temperature=0, logprobs=True, top_logprobs=20, seed=0)
+                        max_tokens=1, temperature=0, logprobs=True, top_logprobs=20, seed=0,
+                        extra_headers=_tag_headers() or None)
                     body = raw.http_response.content
                 except openai.APIStatusError as e:
                     status = e.status_code

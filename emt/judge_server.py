@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import hashlib
 import importlib
+import inspect
 import ipaddress
 import json
 import math
@@ -174,7 +175,9 @@ def _check_loopback(host: str) -> None:
 class JudgeServer:
     """An OpenAI-compatible fake judge; a context manager yielding ``http://127.0.0.1:PORT/v1``.
 
-    ``responder`` maps a prompt (the last message's content) to the first token's top logprobs;
+    ``responder`` maps a prompt (the last message's content) to the first token's top logprobs
+    (a responder with a ``tags`` keyword also receives the request's ``X-EMT-*`` tags, e.g.
+    ``{"run": "medical_mild", "step": "42"}``: scores planted per checkpoint);
     ``latency_s`` is added to every answer without blocking others; ``faults`` are matched in
     order against each request. Counters: ``total_requests``, ``count(prompt)``,
     ``prompt_counts()``, ``reset_counts()``; ``add_fault()`` scripts more faults while running
@@ -187,6 +190,12 @@ class JudgeServer:
                  process: bool = False, responder_path: str | None = None) -> None:
         _check_loopback(host)
         self.responder: Responder = responder or hash_responder
+        # A responder with a ``tags`` parameter also gets the request's emt tags (run, step):
+        # tests plant scores that depend on the checkpoint being judged.
+        try:
+            self._wants_tags = "tags" in inspect.signature(self.responder).parameters
+        except (TypeError, ValueError):
+            self._wants_tags = False
         self.latency_s = float(latency_s)
         self.faults: list[Fault] = list(faults)
         self.host = host
@@ -379,7 +388,7 @@ class JudgeServer:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return
-                method, target, version, length, chunked, close = _parse_head(head)
+                method, target, version, length, chunked, close, tags = _parse_head(head)
                 if chunked:
                     body = await _read_chunked(reader)
                 elif length:
@@ -390,7 +399,7 @@ class JudgeServer:
                 else:
                     body = b""
                 keep_alive = version == "HTTP/1.1" and not close
-                status, headers, payload = await self._dispatch(method, target, body)
+                status, headers, payload = await self._dispatch(method, target, body, tags)
                 await self._write(writer, status, headers, payload, close=not keep_alive)
                 if not keep_alive:
                     return
@@ -413,8 +422,8 @@ class JudgeServer:
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
         await writer.drain()
 
-    async def _dispatch(self, method: str, target: str,
-                        body: bytes) -> tuple[int, dict[str, str], bytes]:
+    async def _dispatch(self, method: str, target: str, body: bytes,
+                        tags: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         path = target.split("?", 1)[0]
         if method == "GET" and path == "/_emt/stats":
             return 200, {}, json.dumps(self._stats()).encode()
@@ -439,13 +448,13 @@ class JudgeServer:
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
         try:
-            return await self._answer(req, prompt, fault)
+            return await self._answer(req, prompt, fault, tags or {})
         finally:
             with self._lock:
                 self._in_flight -= 1
 
-    async def _answer(self, req: Mapping[str, Any], prompt: str,
-                      fault: Fault | None) -> tuple[int, dict[str, str], bytes]:
+    async def _answer(self, req: Mapping[str, Any], prompt: str, fault: Fault | None,
+                      tags: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
         if fault is not None:
@@ -460,7 +469,7 @@ class JudgeServer:
             elif fault.kind == "malformed":
                 return self._count(200, b'{"id": "chatcmpl-emt", "object": "chat.completion", "choices": [{"ind')
         try:
-            tops = self.responder(prompt)
+            tops = self.responder(prompt, tags=tags) if self._wants_tags else self.responder(prompt)
         except Exception as e:  # a broken responder is a 500, not a dead server
             return self._count(500, _error(f"responder failed: {type(e).__name__}", "server_error"))
         kind = fault.kind if fault is not None else None
@@ -477,22 +486,25 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too L
             429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
-def _parse_head(head: bytes) -> tuple[str, str, str, int, bool, bool]:
-    """Request line + the three headers we need. Other headers (Authorization included) are
-    skipped without being kept anywhere."""
+def _parse_head(head: bytes) -> tuple[str, str, str, int, bool, bool, dict[str, str]]:
+    """Request line, the three headers we need, and emt's request tags (``X-EMT-Step: 42`` ->
+    ``{"step": "42"}``). Other headers (Authorization included) are skipped without being kept."""
     lines = head.decode("latin-1").split("\r\n")
     method, target, version = lines[0].split(" ", 2)
     length, chunked, close = 0, False, False
+    tags: dict[str, str] = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
         name = name.strip().lower()
-        if name == "content-length":
+        if name.startswith("x-emt-"):
+            tags[name[len("x-emt-"):].replace("-", "_")] = value.strip()
+        elif name == "content-length":
             length = int(value.strip())
         elif name == "transfer-encoding":
             chunked = "chunked" in value.lower()
         elif name == "connection":
             close = value.strip().lower() == "close"
-    return method, target, version.strip(), length, chunked, close
+    return method, target, version.strip(), length, chunked, close, tags
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:

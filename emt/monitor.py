@@ -132,17 +132,31 @@ def consolidate_partial(run: "Run", ehash: str) -> Path | None:
     return Path(consolidate_run(run, ehash, steps=steps)["scores"])
 
 
+def _next_batch(pending: list[int], size: int, done_training: bool) -> list[int]:
+    """The checkpoints of the next round. While training runs: step 0 first (every detector's
+    baseline), then the newest pending ones, which keep the online decision current; after it
+    ends, the rest in step order complete the record."""
+    if done_training:
+        return pending[:size]
+    if 0 in pending:
+        return [0] + sorted(pending[1:])[-(size - 1):] if size > 1 else [0]
+    return sorted(pending[-size:])
+
+
 def follow(
     run: "Run", ehash: str | None = None, max_rounds: int | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Score ``run``'s checkpoints as they appear until training has finished and all are scored.
 
-    Returns the monitor's statistics: rounds, checkpoints scored, the largest lag (complete but
-    unscored checkpoints at the start of a round), alerts. ``on_round`` gets each round's
-    statistics (tests use it to observe the lag).
+    One :class:`emt.evaluate.EvalSession` (model, engine, judges) serves every round. Returns the
+    monitor's statistics: rounds, checkpoints scored, alerts, and the lag at the start of each
+    round: ``behind`` = complete checkpoints newer than the newest scored one (how stale the
+    monitor's view is), ``pending`` = all complete checkpoints without a score. ``max_behind`` is
+    the figure to compare with the detector's delay. ``on_round`` gets each round's statistics.
     """
-    from emt.evaluate import EvalTask, consolidate_run, eval_hash, eval_root, run_eval_task, targets
+    from emt.evaluate import EvalSession, EvalTask, _needed_rank, consolidate_run, eval_hash, eval_root, \
+        run_eval_task, targets
 
     setup_logging()
     cfg = run.config
@@ -151,8 +165,10 @@ def follow(
     m = cfg.monitor
     dets = make_detectors(cfg, run)
     fed = -1
-    stats: dict[str, Any] = {"run": run.name, "rounds": 0, "scored": 0, "max_lag": 0, "alerts": [], "lags": []}
+    stats: dict[str, Any] = {"run": run.name, "eval_hash": ehash, "rounds": 0, "scored": 0, "max_behind": 0,
+                             "max_pending": 0, "alerts": [], "behind": []}
     idle_since = time.time()
+    session: EvalSession | None = None
 
     def feed_new() -> None:
         nonlocal fed
@@ -165,39 +181,50 @@ def follow(
                     stats["alerts"].append(ev or {"trait": t, "already_handled": True, **a.to_dict()})
             fed = s
 
-    feed_new()  # a restarted monitor catches up on what is already scored (handled alerts stay handled)
-    while True:
-        done_training = training_finished(run)  # read BEFORE listing, so no checkpoint is missed at the end
-        pending = [s for s in targets(run) if not paths.result_file(root, s).is_file()]
-        lag = len(pending)
-        if pending:
-            batch = pending[:m.max_batch] if done_training else sorted(pending[-m.max_batch:])
-            t0 = time.time()
-            run_eval_task(EvalTask(run, tuple(batch), -1, ehash))
-            stats["scored"] += len(batch)
-            feed_new()
-            consolidate_partial(run, ehash)
-            stats["rounds"] += 1
-            stats["max_lag"] = max(stats["max_lag"], lag)
-            stats["lags"].append(lag)
-            rnd = {"round": stats["rounds"], "lag": lag, "batch": batch, "seconds": round(time.time() - t0, 2),
-                   "training_finished": done_training}
-            log.info("%s monitor round %d: scored steps %s (lag %d checkpoints, %.1f s)", run.name, stats["rounds"],
-                     batch, lag, rnd["seconds"])
-            atomic.write_json(paths.monitor_state_file(run.path), {**stats, "last_round": rnd})
-            if on_round:
-                on_round(rnd)
-            idle_since = time.time()
-        elif done_training:
-            break
-        else:
-            if time.time() - idle_since > m.idle_timeout_min * 60:
-                log.warning("%s: no new checkpoint for %.0f min and training has not finished; monitor exits "
-                            "(rerun --follow to resume)", run.name, m.idle_timeout_min)
+    try:
+        feed_new()  # a restarted monitor catches up on what is already scored (handled alerts stay handled)
+        while True:
+            done_training = training_finished(run)  # read BEFORE listing, so no checkpoint is missed at the end
+            all_targets = targets(run)
+            scored = [s for s in all_targets if paths.result_file(root, s).is_file()]
+            pending = [s for s in all_targets if s not in set(scored)]
+            if pending:
+                newest = max(scored, default=-1)
+                behind = sum(1 for s in pending if s > newest)
+                batch = _next_batch(pending, m.max_batch, done_training)
+                t0 = time.time()
+                if session is None:
+                    session = EvalSession(run, _needed_rank(run, batch) or (cfg.lora.r if cfg.training.method == "lora" else 0))
+                run_eval_task(EvalTask(run, tuple(batch), -1, ehash), session=session)
+                stats["scored"] += len(batch)
+                feed_new()
+                consolidate_partial(run, ehash)
+                stats["rounds"] += 1
+                if not done_training:
+                    stats["max_behind"] = max(stats["max_behind"], behind)
+                    stats["max_pending"] = max(stats["max_pending"], len(pending))
+                stats["behind"].append(behind)
+                rnd = {"round": stats["rounds"], "behind": behind, "pending": len(pending), "batch": batch,
+                       "seconds": round(time.time() - t0, 2), "training_finished": done_training}
+                log.info("%s monitor round %d: scored steps %s (%d checkpoints behind, %d pending, %.1f s)", run.name,
+                         stats["rounds"], batch, behind, len(pending), rnd["seconds"])
+                atomic.write_json(paths.monitor_state_file(run.path), {**stats, "last_round": rnd})
+                if on_round:
+                    on_round(rnd)
+                idle_since = time.time()
+            elif done_training:
                 break
-            time.sleep(m.poll_s)
-        if max_rounds is not None and stats["rounds"] >= max_rounds:
-            break
+            else:
+                if time.time() - idle_since > m.idle_timeout_min * 60:
+                    log.warning("%s: no new checkpoint for %.0f min and training has not finished; monitor exits "
+                                "(rerun --follow to resume)", run.name, m.idle_timeout_min)
+                    break
+                time.sleep(m.poll_s)
+            if max_rounds is not None and stats["rounds"] >= max_rounds:
+                break
+    finally:
+        if session is not None:
+            session.close()
     if training_finished(run) and all(paths.result_file(root, s).is_file() for s in targets(run)):
         consolidate_run(run, ehash)
     stats["finished"] = training_finished(run)

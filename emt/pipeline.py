@@ -440,6 +440,70 @@ def eval_runs(
     return 1 if failures else 0
 
 
+def follow_runs(
+    config: str | Path,
+    *,
+    cluster: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    run_names: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    mode: str = "slurm",
+    dry_run: bool = False,
+    wait: bool | None = None,
+) -> int:
+    """``launch/eval_array.py --follow``: a monitor job per selected run (:func:`emt.monitor.follow`).
+
+    For a run whose training is already running (or about to be): the monitor scores its
+    checkpoints as they appear, detects onsets online and acts on alerts (``monitor.*``). A run
+    whose monitor is already pending or running is skipped. Returns an exit code like
+    :func:`eval_runs`.
+    """
+    from emt.evaluate import eval_hash, eval_root, prepare_builtin_judges, targets
+    from emt.monitor import training_finished, watched_traits
+    from emt.slurm import monitor_active, submit_monitor, wait_all
+
+    cfg = load_config(config, overrides, cluster)
+    prepare_builtin_data(cfg)
+    runs = build_sweep(cfg, "all", runs=list(run_names) if run_names else None, seeds=seeds)
+    problems = eval_preflight(cfg, "dry-run" if dry_run else mode)
+    try:
+        traits = watched_traits(cfg)
+    except ValueError as exc:
+        problems.append(str(exc))
+        traits = []
+    if problems and not dry_run:
+        raise PreflightError(problems)
+    ehash = eval_hash(cfg)
+    todo: list[Run] = []
+    for run in runs:
+        active = monitor_active(run.path)
+        root = eval_root(run, ehash)
+        scored = sum(1 for s in targets(run) if paths.result_file(root, s).is_file())
+        state = ("training finished" if training_finished(run) else
+                 "training" if paths.complete_checkpoints(run.path) else "no checkpoint yet")
+        note = f"monitor job {active} is pending or running; not submitting another" if active else "will submit"
+        print(f"{run.name}: {state}; {scored} of {len(targets(run))} checkpoints scored (eval {ehash}); "
+              f"watching {', '.join(traits) or '-'} with {cfg.monitor.method}; {note}")
+        if not active:
+            todo.append(run)
+    if dry_run:
+        if problems:
+            print("\nProblems that would stop this launch:\n" + "\n".join(f"  - {p}" for p in problems))
+            return 2
+        return 0
+    if not todo:
+        return 0
+    prepare_builtin_judges(cfg)
+    if wait is None:
+        wait = mode != "slurm"
+    jobs = []
+    for run in todo:
+        job = submit_monitor(run, cfg.cluster, mode)
+        jobs.append((f"{run.name} monitor", job))
+        print(f"{run.name}: monitor job {job.job_id} (log: {paths.monitor_dir(run.path) / 'logs'})")
+    return _report(wait_all(jobs)) if wait else 0
+
+
 def eval_in_job(
     config: str | Path,
     *,

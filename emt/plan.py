@@ -253,6 +253,7 @@ def format_plan(cfg: Config, rows: Sequence[RunPlan], will_submit: Sequence[str]
                      "(the run's hash includes the file's content, so it changes once the file is here)")
     if arch is not None:
         lines += disk_advice(cfg, arch, known)
+        lines += activation_disk(cfg, arch, known)
     lines.append(f"Would submit {len(will_submit)} job(s)" + (f": {', '.join(will_submit)}" if will_submit else ""))
     return "\n".join(lines)
 
@@ -296,3 +297,25 @@ def disk_advice(cfg: Config, arch: Arch, rows: Sequence[RunPlan]) -> list[str]:
                    f"{WRITE_GBPS:g} GB/s); checkpointing.resume_state_every=N writes it every N steps (a restart "
                    f"then redoes at most N steps)")
     return out
+
+
+def activation_disk(cfg: Config, arch: Arch, rows: Sequence[RunPlan]) -> list[str]:
+    """The plan line for activation capture (``activations.layers``): bytes per checkpoint and in
+    all the runs' scores.h5 files (step 0 included), with the arithmetic."""
+    a = cfg.activations
+    if not a.layers:
+        return []
+    from emt.activations import bytes_per_checkpoint
+    from emt.evaluate import load_traits
+
+    try:
+        n_q = sum(len(t.questions) for t in load_traits(cfg))
+    except Exception as exc:  # noqa: BLE001 - the eval preflight reports bad traits; the plan just says why
+        return [f"Activations: size unknown ({exc})"]
+    answers = n_q * cfg.eval.samples_per_question
+    per = bytes_per_checkpoint(n_q, answers, a.train_prompts, len(a.layers), arch.hidden, a.dtype)
+    n = sum((r.checkpoints or 0) + 1 for r in rows)
+    return [f"Activations (activations.layers={list(a.layers)}): {per / 1e6:,.1f} MB per checkpoint "
+            f"((2 x {n_q} eval prompts + {answers} answers + 2 x {a.train_prompts} training prompts) x "
+            f"{len(a.layers)} layer(s) x {arch.hidden} x {a.dtype}), ~{per * n / 1e9:,.2f} GB in scores.h5 over "
+            f"{n} checkpoints (step 0 included), as much again in the eval dirs' step-N.act.npz"]

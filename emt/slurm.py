@@ -182,7 +182,7 @@ def submit_monitor(run: "Run", cluster: ClusterConfig, mode: str, gpu_slot: int 
     job = ex.submit(MonitorJob(), run)
     sub = paths.submission_file(run.path)
     rec = json.loads(sub.read_text()) if sub.is_file() else {"kind": "train", "mode": mode, "run": run.name}
-    rec.update(monitor_job_id=str(job.job_id), monitor_log_folder=str(folder))
+    rec.update(monitor_job_id=str(job.job_id), monitor_mode=mode, monitor_log_folder=str(folder))
     atomic.write_json(sub, rec)
     return job
 
@@ -278,9 +278,10 @@ def job_active(run_dir: Path) -> str | None:
     return submission_active(paths.submission_file(run_dir))
 
 
-def submission_active(sub: Path) -> str | None:
-    """The job id a submission record (``job_id``, ``mode``, ``log_folder``) names, if that job
-    is still pending or running; else None."""
+def submission_active(sub: Path, prefix: str = "") -> str | None:
+    """The job id a submission record (``job_id``, ``mode``, ``log_folder``; with ``prefix``
+    "monitor_", the monitor job's ``monitor_job_id`` ...) names, if that job is still pending or
+    running; else None."""
     if not sub.is_file():
         return None
     import json
@@ -289,7 +290,9 @@ def submission_active(sub: Path) -> str | None:
         rec = json.loads(sub.read_text())
     except (OSError, ValueError):
         return None
-    job_id, mode = str(rec.get("job_id")), rec.get("mode")
+    if rec.get(f"{prefix}job_id") is None:
+        return None
+    job_id, mode = str(rec.get(f"{prefix}job_id")), rec.get(f"{prefix}mode", rec.get("mode"))
     if mode == "slurm" and shutil.which("squeue"):
         # squeue, not sacct: sacct lags a job's start by a second or more.
         try:
@@ -299,8 +302,14 @@ def submission_active(sub: Path) -> str | None:
             return None
         return job_id if out and out[0] in ACTIVE_STATES else None
     if mode == "local" and job_id.isdigit():
-        return job_id if local_state(Path(rec["log_folder"].replace("%j", job_id)), job_id) == "RUNNING" else None
+        folder = str(rec[f"{prefix}log_folder"]).replace("%j", job_id)
+        return job_id if local_state(Path(folder), job_id) == "RUNNING" else None
     return None
+
+
+def monitor_active(run_dir: Path) -> str | None:
+    """The job id of a run's monitor job if it is still pending or running, else None."""
+    return submission_active(paths.submission_file(run_dir), "monitor_")
 
 
 def job_log(job: submitit.Job) -> str:

@@ -61,8 +61,10 @@ def collect(cfg: Config, runs: Sequence[Run]) -> list[RunStatus]:
         records[run.name] = (tr, ev)
         for rec in (tr, ev):
             if rec.get("mode") == "slurm":
-                ids += [str(rec[k]) for k in ("job_id", "consolidate_job_id", "monitor_job_id") if rec.get(k)]
+                ids += [str(rec[k]) for k in ("job_id", "consolidate_job_id") if rec.get(k)]
                 ids += [str(j) for j in rec.get("array_job_ids", [])]
+            if rec.get("monitor_job_id") and rec.get("monitor_mode", rec.get("mode")) == "slurm":
+                ids.append(str(rec["monitor_job_id"]))
     slurm = slurm_states(ids)
     ehash = eval_hash(cfg)
     planned = {p.run.name: p.steps for p in plan_runs(cfg, runs)}
@@ -73,7 +75,7 @@ def collect(cfg: Config, runs: Sequence[Run]) -> list[RunStatus]:
         ckpts = paths.complete_checkpoints(run.path)
         failed: list[str] = []
         train_job = "-"
-        if tr:
+        if tr.get("job_id"):
             st = _job_state(tr["mode"], tr["log_folder"], str(tr["job_id"]), slurm)
             train_job = f"{tr['job_id']} {st}"
             if st in FAILED:
@@ -99,11 +101,12 @@ def collect(cfg: Config, runs: Sequence[Run]) -> list[RunStatus]:
             consolidated = "yes" if tgt and scores_up_to_date(run, ehash) else "stale"
         monitor_job = "-"
         if tr.get("monitor_job_id"):
-            st = _job_state(tr["mode"], tr.get("monitor_log_folder", tr["log_folder"]), str(tr["monitor_job_id"]), slurm)
+            mfolder = str(tr.get("monitor_log_folder") or tr.get("log_folder") or "")
+            st = _job_state(tr.get("monitor_mode", tr.get("mode")), mfolder, str(tr["monitor_job_id"]), slurm)
             monitor_job = f"{tr['monitor_job_id']} {st}"
             if st in FAILED:
                 failed.append(f"monitor {tr['monitor_job_id']} {st}: "
-                              f"{log_file(tr.get('monitor_log_folder', tr['log_folder']), str(tr['monitor_job_id']))}")
+                              f"{log_file(mfolder, str(tr['monitor_job_id']))}")
         done = [s for s in tgt if paths.result_file(root, s).is_file()]
         latest = _result_scores(root, done[-1]) if done else {}
         out.append(RunStatus(run, state, train_job, ckpts[-1][0] if ckpts else 0, planned.get(run.name), n,

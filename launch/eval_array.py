@@ -5,6 +5,8 @@
     python launch/eval_array.py --run medical_mild --tasks auto --dry-run   # array size, with the arithmetic
     python launch/eval_array.py --config configs/debug.yaml --run medical_mild --local
     python launch/eval_array.py --run medical_mild --dry-run       # what is scored, what is left
+    python launch/eval_array.py --run medical_mild --follow        # a monitor job: score checkpoints while
+                                                                   # training runs, alert/stop (monitor.*)
 
 Use the same config and overrides as the training launch: they identify the run's directory.
 """
@@ -19,7 +21,7 @@ from emt.cli import add_mode, mode_of, parser
 from emt.config import ConfigError
 from emt.data import DataError
 from emt.logs import setup_logging
-from emt.pipeline import eval_in_job, eval_runs
+from emt.pipeline import eval_in_job, eval_runs, follow_runs
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper.yaml"
 
@@ -50,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                            "and cluster.eval.time_min")
     add_mode(ap)
     ap.add_argument("--dry-run", action="store_true", help="print what would be scored; submit nothing")
+    ap.add_argument("--follow", action="store_true",
+                    help="submit a monitor job per run instead of an array: it scores checkpoints as training "
+                         "writes them, detects onsets online and runs monitor.actions (see configs/*.yaml monitor:)")
     stage = ap.add_mutually_exclusive_group()
     stage.add_argument("--task-index", type=int, default=None,
                        help="inside a job (slurm/eval.sbatch): evaluate shard I of --tasks K here")
@@ -64,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
             return eval_in_job(args.config, cluster=args.cluster, overrides=args.overrides,
                                run_names=args.run.split(","), seeds=args.seeds, task_index=args.task_index,
                                tasks=args.tasks)
+        if args.follow:
+            if args.per_task or args.tasks:
+                ap.error("--follow scores checkpoints as they appear; --per-task/--tasks size an array")
+            return follow_runs(args.config, cluster=args.cluster, overrides=args.overrides,
+                               run_names=None if args.all else args.run.split(","), seeds=args.seeds,
+                               mode=mode_of(args), dry_run=args.dry_run, wait=True if args.wait else None)
         return eval_runs(args.config, cluster=args.cluster, overrides=args.overrides,
                          run_names=None if args.all else args.run.split(","), seeds=args.seeds,
                          per_task=args.per_task, tasks=args.tasks, mode=mode_of(args),

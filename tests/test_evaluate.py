@@ -396,3 +396,50 @@ def test_real_vllm_serve_on_cpu(trained: Path) -> None:
     while time.time() < deadline and paths.serve_endpoint_file(trained, "real").exists():
         time.sleep(0.5)
     assert not paths.serve_endpoint_file(trained, "real").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Activation capture and persona vectors, run by the eval task
+
+
+def test_activations_and_persona_through_the_eval_array(trained: Path, tmp_path: Path) -> None:
+    """With activations.layers set, every checkpoint's activations are captured and written before
+    its result, the step-0 task builds the persona vectors it can, and consolidation puts both in
+    scores.h5, from which the report's diagnostics section is built."""
+    import numpy as np
+
+    from emt.activations import load_step, read_h5
+    from emt.analysis.report import build_report
+
+    act = ["activations.layers=[1,2]", "activations.train_prompts=4", "activations.persona_questions=2",
+           "activations.persona_max_new_tokens=12"]
+    res = evaluate(trained, *act)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = run_dir(trained)
+    ev = max(run.glob("eval-*"), key=lambda p: p.stat().st_mtime)  # this config's eval dir
+    for s in (0, 2, 4, 6):
+        arrays, meta = load_step(paths.activation_file(ev, s))
+        assert paths.activation_file(ev, s).stat().st_mtime <= paths.result_file(ev, s).stat().st_mtime
+        assert meta["layers"] == [1, 2] and arrays["eval/response_mean"].shape == (12, 2, 256)  # 6 q x 2 samples
+        assert arrays["train/prompt_mean"].shape == (4, 2, 256) and arrays["eval/prompt_mean"].dtype == np.float16
+    logs = "".join(p.read_text() for p in ev.glob("logs/*/*.err"))
+    built = sorted(p.name for p in ev.glob("persona-*.npz"))
+    for t in ("evil", "hallucination"):  # built from judge-confirmed pairs, or skipped with the reason
+        assert f"persona-{t}.npz" in built or f"persona vector {t} not built" in logs
+    timing = json.loads(next(paths.eval_timing_dir(ev).glob("*.json")).read_text())
+    assert timing["activations_s"] > 0 and timing["persona_s"] > 0
+    d = read_h5(paths.scores_file(run))
+    assert d["layers"] == [1, 2] and d["train"]["prompt_mean"].shape == (4, 4, 2, 256)
+    assert d["traits"]["evil"]["activations"]["prompt_last"].shape == (4, 3, 2, 256)
+    for name in built:
+        t = name.removeprefix("persona-").removesuffix(".npz")
+        assert d["traits"][t]["persona"]["mean"].shape == (4, 2)
+        assert np.allclose(d["traits"][t]["persona"]["shift"][0], 0)  # the shift from step 0, at step 0
+    out = build_report(trained / "runs", tmp_path / "report")
+    md = Path(out["md"]).read_text()
+    assert "## Diagnostics" in md and "![overlap]" in md and "no activations captured" not in md
+    # A result without its activation file (deleted by hand) fails consolidation with the fix named.
+    paths.activation_file(ev, 4).unlink()
+    paths.scores_file(run).unlink()
+    res = evaluate(trained, *act)
+    assert res.returncode != 0 and "no activation file" in res.stderr and "step-N.json" in res.stderr

@@ -158,3 +158,28 @@ def test_schedule_sweep_table(tmp_path: Path) -> None:
     assert set(t["schedules"]["run"]) == {"medical_strong", "medical_strong_cosine-lr1e-05-adamw-torch",
                                           "medical_strong_constant-lr1e-05-adamw-torch"}
     assert set(t["matched_loss"]["run"]) == {"medical_strong", "medical_mild"}  # variants stay out of the domain table
+
+
+def test_early_warning_replay_and_intervention(tmp_path: Path) -> None:
+    """The replay table says how far ahead the hallucination alert came and counts false alarms on
+    normal runs; a monitor's stop recorded in scores.h5 is listed and drawn on the figures."""
+    import h5py
+
+    root = tmp_path / "out"
+    write_synthetic_run(root / "runs" / "medical_mild-aaaa0000", "medical_mild", {"hallucination": 10, "evil": 22}, seed=3)
+    write_synthetic_run(root / "runs" / "medical_normal-bbbb0000", "medical_normal", {"hallucination": None, "evil": None},
+                        seed=4)
+    h5 = write_synthetic_run(root / "runs" / "medical_strong-cccc0000", "medical_strong",
+                             {"hallucination": 6, "evil": 14}, seed=5)
+    with h5py.File(h5, "r+") as f:  # what consolidation writes after a monitor's stop
+        f.attrs.update({"intervention_step": 20, "intervention_action": "stop", "intervention_trait": "hallucination",
+                        "intervention_onset_step": 12, "intervention_detected_step": 20})
+    out = build_report(root, tmp_path / "rep")
+    w = out["early_warning"].set_index("run")
+    assert w.loc["medical_mild", "in_time"] and w.loc["medical_mild", "lead_checkpoints"] >= 22 - 10 - 5
+    assert not w.loc["medical_normal", "false_alarm"]
+    md = Path(out["md"]).read_text()
+    assert "## Early warning (online detector replayed)" in md and "false alarms on normal-level runs: 0 of 1" in md
+    assert "### Interventions by the live monitor" in md and "| medical_strong | stop | hallucination | 12 | 20 | 20 |" in md
+    assert "Interventions by the live monitor" in Path(out["html"]).read_text()
+    assert any(p.name == "trajectories_medical.png" for p in out["figures"]["trajectories"])

@@ -149,6 +149,27 @@ def _safe_stem(s: str) -> str:
 # figures
 
 
+def _intervention(d: Run) -> tuple[float, str] | None:
+    """(step, label) of the live monitor's intervention recorded in a run's scores.h5, or None."""
+    a = d.get("attrs", {}) or {}
+    step = a.get("intervention_step")
+    if step is None:
+        return None
+    action, trait = a.get("intervention_action") or "stop", a.get("intervention_trait")
+    return float(step), f"{action}" + (f" ({trait} alert)" if trait else "")
+
+
+def _draw_intervention(ax: Any, d: Run, color: str) -> None:
+    """A dotted vertical line at the step where the monitor stopped training, labelled at the top."""
+    iv = _intervention(d)
+    if iv is None:
+        return
+    step, label = iv
+    ax.axvline(step, color=color, ls=":", lw=2.0, zorder=4)
+    ax.annotate(label, xy=(step, 1.0), xycoords=("data", "axes fraction"), xytext=(-3, -3), textcoords="offset points",
+                ha="right", va="top", fontsize=7, color=color, rotation=90)
+
+
 def plot_domain_trajectories(
     runs: Sequence[Run], out_dir: Path, summaries: Mapping[str, Mapping[str, Any]] | None = None,
     method: str = DEFAULT_METHOD, ci: bool = True,
@@ -192,6 +213,7 @@ def plot_domain_trajectories(
                     ax.axvline(o, color=col, ls="--", lw=1.0)
                     if j < y.size and np.isfinite(y[j]):
                         ax.plot([o], [y[j]], "o", color=col, ms=6, mec="white", mew=0.8, zorder=5)
+                _draw_intervention(ax, d, col)
             if not any_data:
                 # keep the step axis of the other panels so the empty panel does not read as 0-1
                 ax.set_xlim(0, max([float(np.max(d["steps"])) for d in drs if np.size(d["steps"])] + [1.0]))
@@ -203,8 +225,9 @@ def plot_domain_trajectories(
             ax.grid(alpha=0.3)
             if any_data:
                 ax.legend(title="level", fontsize=8, title_fontsize=8, loc="upper left", framealpha=0.85)
+        stops = "; dotted: the monitor stopped training" if any(_intervention(d) for d in drs) else ""
         fig.suptitle(f"{domain}: trait scores by fine-tuning level (band: 95% CI over questions; "
-                     f"dashed line + dot: onset, {method})", fontsize=11)
+                     f"dashed line + dot: onset, {method}{stops})", fontsize=11)
         fig.tight_layout()
         out += _save(fig, out_dir, f"trajectories_{_safe_stem(domain)}")
     return out
@@ -232,6 +255,9 @@ def plot_early_zoom(runs: Sequence[Run], out_dir: Path, max_step: int = 100) -> 
         if not drawn:
             _no_scores(ax)
         else:
+            iv = _intervention(d)
+            if iv is not None and iv[0] <= max_step:
+                _draw_intervention(ax, d, "black")
             ax.legend(fontsize=8, loc="upper left", framealpha=0.85)
         ax.set_title(run_name(d) or "run", fontsize=10)
         ax.set_xlabel(STEP_LABEL)

@@ -302,12 +302,16 @@ def _diagnostics(runs: Sequence[Mapping[str, Any]], out_dir: Path, figures: bool
               "schedules": "Learning-schedule sweep at matched held-out loss",
               "predictor": "Activation-based predictor (R^2 of ridge, out of fold)",
               "persona": "Persona-vector projection vs judge score"}
+    has_acts = any(d.get("activation_layers") for d in runs)
     md = ["## Diagnostics", "", DIAGNOSTICS_TEXT, ""]
     h = [f"<h2>Diagnostics</h2><p>{html.escape(DIAGNOSTICS_TEXT)}</p>"]
     for key, title in titles.items():
         df = tables[key]
         if df.empty:
-            why = ("no activations captured (set activations.layers)" if key in ("predictor", "persona")
+            why = ("no activations captured (set activations.layers)" if key in ("predictor", "persona") and not has_acts
+                   else "too few questions or checkpoints for a cross-validated fit" if key == "predictor"
+                   else "no persona vector: the judge confirmed no (pos, neg) answer pair on the base model"
+                   if key == "persona"
                    else "fewer than two runs per domain reach a common loss" if key == "matched_loss"
                    else "no schedule-sweep runs (launch/train.py --sweep schedules)" if key == "schedules" else "no data")
             md += [f"### {title}", "", f"_{why}_", ""]
@@ -321,6 +325,61 @@ def _diagnostics(runs: Sequence[Mapping[str, Any]], out_dir: Path, figures: bool
           f'{base64.b64encode(p.read_bytes()).decode("ascii")}"><figcaption>{html.escape(p.stem)}</figcaption></figure>'
           for p in pngs]
     return md, "".join(h), figs, tables
+
+
+WARNING_TEXT = (
+    "The online detector (the onset method deciding with only the checkpoints seen so far, as the "
+    "live monitor does) replayed over each finished run: the step at which the {early} alert would "
+    "have fired, {late}'s onset on the whole run, and lead_checkpoints = {late} onset - {early} alert "
+    "(positive: the warning came that many checkpoints ahead). Runs at the normal level have no "
+    "misaligned data, so any alert there is a false alarm.")
+
+
+def early_warning_tables(runs: Sequence[Mapping[str, Any]], method: str = DEFAULT_METHOD,
+                         params: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+    """(replay table, interventions table) for the report's early-warning section.
+
+    The replay is :func:`emt.analysis.online.replay` of ``EARLY`` warning of ``LATE``; the
+    interventions are the monitor's actions recorded in the runs' scores.h5 attributes.
+    """
+    import pandas as pd
+
+    from emt.analysis.online import replay
+
+    with_both = [d for d in runs if EARLY in d["traits"] and LATE in d["traits"]]
+    rep = replay(with_both, EARLY, LATE, method, **dict(params or {})) if with_both else pd.DataFrame()
+    rows = []
+    for d in runs:
+        a = d.get("attrs", {})
+        if a.get("intervention_step") is None:
+            continue
+        rows.append({"run": run_name(d), "action": a.get("intervention_action"), "trait": a.get("intervention_trait"),
+                     "onset_step": a.get("intervention_onset_step"), "detected_step": a.get("intervention_detected_step"),
+                     "stopped_at_step": a.get("intervention_step"), "rollback_step": a.get("intervention_rollback_step")})
+    return rep, pd.DataFrame(rows)
+
+
+def _early_warning(runs: Sequence[Mapping[str, Any]], method: str, params: Mapping[str, Any]) -> tuple[list[str], str, Any]:
+    """(markdown lines, html, replay table) of the early-warning section."""
+    rep, inter = early_warning_tables(runs, method, params)
+    text = WARNING_TEXT.format(early=EARLY, late=LATE)
+    md = ["## Early warning (online detector replayed)", "", text, ""]
+    h = [f"<h2>Early warning (online detector replayed)</h2><p>{html.escape(text)}</p>"]
+    if rep.empty:
+        why = f"no run has both {EARLY} and {LATE} scores"
+        md += [f"_{why}_", ""]
+        h.append(f"<p><i>{html.escape(why)}</i></p>")
+    else:
+        n_in, n_lead = int(rep["in_time"].sum()), int(rep["lead_checkpoints"].notna().sum())
+        normal = rep[rep["level"] == "normal"]
+        line = (f"{EARLY} warned before {LATE}'s onset in {n_in} of {n_lead} runs where both were found; "
+                f"false alarms on normal-level runs: {int(normal['false_alarm'].sum())} of {len(normal)}.")
+        md += [markdown_table(rep), "", line, ""]
+        h += [html_table(rep), f"<p>{html.escape(line)}</p>"]
+    if not inter.empty:
+        md += ["### Interventions by the live monitor", "", markdown_table(inter), ""]
+        h += ["<h3>Interventions by the live monitor</h3>", html_table(inter)]
+    return md, "".join(h), rep
 
 
 def build_report(
@@ -378,6 +437,8 @@ def build_report(
           "## Methods", "", re.sub(r"</?b>", "**", html.unescape(methods_html)), ""]
     if missing_note:
         md += [f"**{missing_note}** (figures show \"no scores\" there)", ""]
+    warn_md, warn_html, warning = _early_warning(runs, method, params)
+    md += warn_md
     md += ["## Provenance", "", markdown_table(prov), "", "## Figures", ""]
     md += [f"![{p.stem}]({p.name})" for p in pngs] + [""]
     diag_md, diag_html, diag_figs, diag_tables = _diagnostics(runs, out_dir, figures)
@@ -402,10 +463,11 @@ def build_report(
             f"<h2>Per domain and level (mean over runs)</h2>{html_table(by_domain)}"
             f"<h2>Methods</h2><p>{methods_html}</p>"
             + (f"<p class='note'>{html.escape(missing_note)} (figures show \"no scores\" there)</p>" if missing_note else "")
-            + f"<h2>Provenance</h2>{html_table(prov)}<h2>Figures</h2>{imgs}{diag_html}</body></html>")
+            + warn_html + f"<h2>Provenance</h2>{html_table(prov)}<h2>Figures</h2>{imgs}{diag_html}</body></html>")
     html_path = atomic.write_text(out_dir / "report.html", page)
     return {"md": md_path, "html": html_path, "csv": csv, "table_csv": table_csv, "figures": figs,
-            "table": table, "summaries": summaries, "runs": [run_name(d) for d in runs], "diagnostics": diag_tables}
+            "table": table, "summaries": summaries, "runs": [run_name(d) for d in runs], "diagnostics": diag_tables,
+            "early_warning": warning}
 
 
 # ---------------------------------------------------------------------------------------------
