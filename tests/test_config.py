@@ -229,7 +229,7 @@ def test_run_hash_world_size_and_deepspeed_content(tmp_path: Path) -> None:
 def test_eval_vllm_settings_validated_together(tmp_path: Path) -> None:
     cfg = load_config(CONFIGS / "paper.yaml")
     v = cfg.eval.vllm  # defaults written for one H100 with Qwen2.5-7B + rank-32 LoRA
-    assert (v.gpu_memory_utilization, v.max_model_len, v.max_loras, v.enable_prefix_caching) == (0.9, 4096, 4, True)
+    assert (v.gpu_memory_utilization, v.max_model_len, v.max_loras, v.enable_prefix_caching) == (0.7, 4096, 4, True)
     assert load_config(CONFIGS / "debug.yaml").eval.vllm.gpu_memory_utilization == 0.3  # CPU values
     with pytest.raises(ConfigError, match="unknown key 'max_lora' in eval.vllm; valid keys: checkpoints_per_call, "
                                           "cpu_kv_cache_gb"):
@@ -267,6 +267,6 @@ def test_judge_servers_and_serve_references_checked() -> None:
 def test_judge_serve_config_shares_the_paper_runs() -> None:
     """configs/judge-serve.yaml scores the same run directories as paper.yaml (only judges differ)."""
     serve, paper = load_config(CONFIGS / "judge-serve.yaml"), load_config(CONFIGS / "paper.yaml")
-    for section in ("model", "lora", "training", "checkpointing", "data", "eval", "cluster"):
+    for section in ("model", "lora", "training", "checkpointing", "data", "eval", "cluster", "activations", "monitor"):
         assert getattr(serve, section) == getattr(paper, section), section
     assert [j.base_url for j in serve.judge.judges] == [None, "serve:qwen-judge"]
