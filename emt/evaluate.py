@@ -389,28 +389,27 @@ class EvalSession:
 
         t0 = time.perf_counter()
         cfg = run.config
-        self.run, self.cfg = run, cfg
         limit_torch_threads(cfg.cluster.eval.cpus)
         self.traits = load_traits(cfg)
         self.convs = conversations(self.traits)
         self.judges = make_judges(cfg)
         self.lora = cfg.training.method == "lora"
         self.rank = max_lora_rank
-        self.base = _model_path(cfg, cfg.model.name)
+        base = _model_path(cfg, cfg.model.name)
         if cfg.eval.backend == "hf":
             engine: dict[str, Any] = {"batch_size": cfg.eval.batch_size}
             self.per_call = 1
         else:
             engine = vllm_engine_args(cfg.eval.vllm)
             self.per_call = cfg.eval.vllm.checkpoints_per_call if self.lora else 1  # whole models: one engine each
-        self.gen = make_generator(cfg.eval.backend, self.base, max_lora_rank=max_lora_rank, dtype=cfg.model.dtype,
+        self.gen = make_generator(cfg.eval.backend, base, max_lora_rank=max_lora_rank, dtype=cfg.model.dtype,
                                   engine=engine)
         self.capturer: Any = None
         try:
             if cfg.activations.layers:
                 from emt.activations import StepCapturer
 
-                self.capturer = StepCapturer(cfg, run, self.gen, self.base)
+                self.capturer = StepCapturer(cfg, run, self.gen, base)
         except BaseException:
             self.gen.close()
             raise
@@ -463,16 +462,17 @@ def run_eval_task(task: EvalTask, session: EvalSession | None = None) -> dict[st
     if missing:
         raise FileNotFoundError(f"{run.path}: no complete checkpoint for steps {missing}")
 
+    from emt.activations import save_step
     from emt.generate import Target, generate_many
     from emt.judge import request_tags
 
     ckpts = dict(paths.complete_checkpoints(run.path))
     own = session is None
+    rank = _needed_rank(run, todo)
     if session is None:
-        session = EvalSession(run, _needed_rank(run, todo))
-    elif session.lora and _needed_rank(run, todo) > session.rank:
-        raise ValueError(f"{run.name}: an adapter of rank {_needed_rank(run, todo)} exceeds the session's "
-                         f"max_lora_rank {session.rank}")
+        session = EvalSession(run, rank)
+    elif session.lora and rank > session.rank:
+        raise ValueError(f"{run.name}: an adapter of rank {rank} exceeds the session's max_lora_rank {session.rank}")
     startup_s = session.startup_s if own else 0.0
     traits, convs, judges, gen, capturer = session.traits, session.convs, session.judges, session.gen, session.capturer
     n = cfg.eval.samples_per_question
@@ -524,8 +524,6 @@ def run_eval_task(task: EvalTask, session: EvalSession | None = None) -> dict[st
                 stats["generations"] += len(group) * len(convs) * n
                 for step, answers in zip(group, outs):
                     if capturer is not None:
-                        from emt.activations import save_step
-
                         t1 = time.perf_counter()
                         arrays, meta = capturer.capture(target_for(step), traits, convs, answers)
                         save_step(paths.activation_file(root, step), arrays, dtype=cfg.activations.dtype, meta=meta)

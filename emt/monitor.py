@@ -186,8 +186,8 @@ def follow(
         while True:
             done_training = training_finished(run)  # read BEFORE listing, so no checkpoint is missed at the end
             all_targets = targets(run)
-            scored = [s for s in all_targets if paths.result_file(root, s).is_file()]
-            pending = [s for s in all_targets if s not in set(scored)]
+            scored = {s for s in all_targets if paths.result_file(root, s).is_file()}
+            pending = [s for s in all_targets if s not in scored]
             if pending:
                 newest = max(scored, default=-1)
                 behind = sum(1 for s in pending if s > newest)

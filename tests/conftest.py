@@ -49,6 +49,31 @@ def launch_cmd(*args: str) -> list[str]:
     return [PY, str(REPO / "launch" / "train.py"), "--config", str(DEBUG_CONFIG), *args]
 
 
+def train_and_kill(root: Path, run: str, checkpoints: int, *args: str, timeout: float = 300) -> Path:
+    """Launch training (``--local --runs run`` plus ``args``), SIGKILL the launcher, the submitit
+    controller and the job once ``run`` has ``checkpoints`` complete checkpoints; its directory."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(launch_cmd("--local", "--runs", run, *args), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    found: Path | None = None
+    while time.time() < deadline:
+        dirs = list(root.glob(f"runs/{run}-*"))
+        if dirs and len(paths.complete_checkpoints(dirs[0])) >= checkpoints:
+            found = dirs[0]
+            break
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.05)
+    assert found is not None, "no checkpoints appeared"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    return found
+
+
 @pytest.fixture(autouse=True)
 def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests must never reach a model hub, and children inherit this.

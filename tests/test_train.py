@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, debug_overrides, launch_cmd
+from conftest import REPO, debug_overrides, launch_cmd, train_and_kill
 
 from emt import atomic, paths
 from emt.train import losses_for_checkpoint, prepare_resume, run_lock, strip_resume_state
@@ -64,21 +62,7 @@ def test_train_one_run_then_relaunch_trains_nothing(out_root: Path) -> None:
 
 def test_kill_9_mid_run_resumes_from_newest_checkpoint(out_root: Path, tmp_path: Path) -> None:
     args = ("--runs", "math_mild")
-    proc = subprocess.Popen(launch_cmd("--local", *args, *debug_overrides(out_root, STEPS)), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    run: Path | None = None
-    while time.time() < deadline:
-        found = list(out_root.glob("runs/math_mild-*"))
-        if found and len(paths.complete_checkpoints(found[0])) >= 2:
-            run = found[0]
-            break
-        assert proc.poll() is None, "training ended before it could be killed"
-        time.sleep(0.05)
-    assert run is not None, "no checkpoints appeared"
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher, the submitit controller and the job
-    proc.wait()
-    time.sleep(0.5)
+    run = train_and_kill(out_root, "math_mild", 2, *debug_overrides(out_root, STEPS))
     before = [s for s, _ in paths.complete_checkpoints(run)]
     assert before and before[-1] < STEPS
     # A checkpoint cut off mid-write: its directory exists without the completion marker.

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import DEBUG_CONFIG, REPO, TINY_STEPS, debug_overrides, launch_cmd, require
+from conftest import DEBUG_CONFIG, REPO, TINY_STEPS, debug_overrides, launch_cmd, require, train_and_kill
 
 from emt import distributed, paths
 from emt.judge_server import JudgeServer
@@ -110,21 +108,7 @@ def test_zero3_kill_9_resumes_from_deepspeed_state_and_keeps_newer_checkpoints(z
     a restart resumes from the newest of them and keeps the complete checkpoints after it."""
     root = new_root(tmp_path / "out", tiny_models)
     extra = (*FULL, "checkpointing.resume_state_every=4")
-    proc = subprocess.Popen(launch_cmd("--local", "--runs", "medical_mild", *debug_overrides(root, STEPS, *extra)),
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    run: Path | None = None
-    while time.time() < deadline:
-        found = list(root.glob("runs/medical_mild-*"))
-        if found and len(paths.complete_checkpoints(found[0])) >= 3:
-            run = found[0]
-            break
-        assert proc.poll() is None, "training ended before it could be killed"
-        time.sleep(0.05)
-    assert run is not None, "no checkpoints appeared"
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher, the submitit controller and the job
-    proc.wait()
-    time.sleep(0.5)
+    run = train_and_kill(root, "medical_mild", 3, *debug_overrides(root, STEPS, *extra))
     before = {s: paths.checkpoint_marker(p).stat().st_mtime_ns for s, p in paths.complete_checkpoints(run)}
     assert max(before) < STEPS and not paths.train_complete_file(run).exists()
     with_state = [s for s, p in paths.complete_checkpoints(run) if list(p.glob("global_step*"))]
