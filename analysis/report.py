@@ -24,10 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="report directory (default: <dir>/report)")
     ap.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help="onset method (default %(default)s)")
     ap.add_argument("--no-figures", action="store_true", help="tables, markdown, HTML and CSV only")
+    ap.add_argument("--n-boot", type=int, default=1000,
+                    help="bootstrap replicates for the onset and lead-time intervals (0: none; default %(default)s)")
     args = ap.parse_args(argv)
     out = args.out if args.out is not None else args.dir / "report"
     try:
-        paths = build_report(args.dir, out, method=args.method, figures=not args.no_figures)
+        paths = build_report(args.dir, out, method=args.method, figures=not args.no_figures, n_boot=args.n_boot)
     except NoScoresError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,10 @@ import yaml
 BUILTIN_TINY_MODEL = "builtin:tiny"
 BUILTIN_DEBUG_DATA = "builtin:debug"
 BUILTIN_TINY_JUDGE = "builtin:tiny-judge"  # a tiny offline judge model (emt.tiny_judge), for the demo
+# The model organism (emt.organism): a model in which emergent misalignment can happen, its
+# fine-tuning data (data.root) and its judge, trained on the organism corpus's persona labels.
+BUILTIN_ORGANISM = "builtin:organism"
+BUILTIN_ORGANISM_JUDGE = "builtin:organism-judge"
 
 
 class ConfigError(ValueError):
@@ -47,8 +51,8 @@ class ModelConfig:
     revision: str | None = None
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2
-    tiny_seed: int = 0  # builtin:tiny only
-    tiny_pretrain_steps: int = 300  # builtin:tiny only
+    tiny_seed: int = 0  # builtin:tiny and builtin:organism only
+    tiny_pretrain_steps: int = 300  # builtin:tiny and builtin:organism only
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,10 @@ class JudgeSpec:
     # with launch/judge_serve.py (resolved from its endpoint file when the eval task starts).
     base_url: str | None = None
     local_backend: Literal["hf", "vllm"] = "hf"
+    # The environment variable holding this judge's API key (its name, never the key). Default:
+    # OPENAI_API_KEY for api.openai.com; none for a base_url server, which then gets no key (a
+    # serve: judge gets its server's generated token).
+    api_key_env: str | None = None
 
     @property
     def label(self) -> str:
@@ -289,6 +297,9 @@ class ClusterConfig:
     array_parallelism: int = 16
     local_parallelism: int = 1  # --local: how many jobs run at once on this machine
     gpu_tflops: float = 400.0  # effective bf16 TFLOP/s per GPU, for the dry-run's estimates
+    # A measured profile (bench/gpu_check.py's gpu_check.json; a relative path is from the CWD):
+    # the dry-run's training and evaluation GPU-hours come from it instead of gpu_tflops.
+    profile: str | None = None
     # Checkpoint space a sweep may use on output_root; the dry-run plan warns (with the numbers
     # and what to change) when its estimate exceeds this. None: no check.
     disk_budget_gb: float | None = None
@@ -332,9 +343,11 @@ class MonitorConfig:
     """
 
     traits: tuple[str, ...] = ()  # empty = every eval trait
-    method: str = "foot"
-    margin: float = 10.0
-    k: int = 5
+    method: str = "glr"  # glr: the calibrated alarm (false_alarm_rate, horizon); others rerun on each prefix
+    false_alarm_rate: float = 0.01  # glr: chance of an alert on a run of `horizon` checkpoints with no change
+    horizon: int = 300  # glr: checkpoints the false-alarm rate is stated for (its threshold is simulated for it)
+    margin: float = 10.0  # foot/threshold only
+    k: int = 5  # foot/threshold only
     baseline_points: int = 10
     actions: dict[str, str] = field(default_factory=dict)  # trait -> mark | stop | rollback
     webhook_url: str | None = None  # POSTed a JSON alert; failures are logged, never fatal
@@ -586,6 +599,9 @@ def load_config(
     if ds is not None and ds not in SHORT_NAMES:
         # A relative DeepSpeed path is from the launcher's directory; jobs may start elsewhere.
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, deepspeed=str(Path(ds).expanduser().resolve())))
+    if cfg.cluster.profile is not None:
+        # Like the DeepSpeed path: jobs and later calls may start in another directory.
+        cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, profile=str(Path(cfg.cluster.profile).expanduser().resolve())))
     return dataclasses.replace(cfg, source=str(path))
 
 
@@ -651,6 +667,10 @@ def _validate(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
     need(cl.local_parallelism >= 1, "cluster.local_parallelism", "must be >= 1")
     need(cl.max_requeues >= 0, "cluster.max_requeues", "must be >= 0")
     need(cl.gpu_tflops > 0, "cluster.gpu_tflops", "must be > 0")
+    from emt.plan import profile_problems
+
+    for msg in profile_problems(cl.profile):
+        out.append((("cluster", "profile"), msg))
     need(cl.disk_budget_gb is None or cl.disk_budget_gb > 0, "cluster.disk_budget_gb", "must be > 0 or null")
     for kind in ("train", "eval", "consolidate"):
         res: JobResources = getattr(cl, kind)
@@ -688,6 +708,11 @@ def _validate(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
         need(action in ("mark", "stop", "rollback"), f"monitor.actions.{trait}",
              f"must be mark, stop or rollback; got {action!r}")
     need(mo.k >= 1 and mo.baseline_points >= 1, "monitor.k", "k and baseline_points must be >= 1")
+    need(0.001 <= mo.false_alarm_rate < 1, "monitor.false_alarm_rate",
+         f"must be in [0.001, 1) (a probability per run); got {mo.false_alarm_rate!r}")
+    need(mo.horizon > max(mo.baseline_points, 2), "monitor.horizon",
+         f"must exceed baseline_points ({mo.baseline_points}); got {mo.horizon!r}")
+    need(mo.method != "glr" or mo.baseline_points >= 2, "monitor.baseline_points", "glr needs baseline_points >= 2")
     need(mo.poll_s > 0, "monitor.poll_s", "must be > 0")
     need(mo.max_batch >= 1, "monitor.max_batch", "must be >= 1")
     need(mo.webhook_url is None or mo.webhook_url.startswith(("http://", "https://")), "monitor.webhook_url",
@@ -704,6 +729,9 @@ def _validate_eval(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
             out.append((tuple(key.split(".")), f"{key}: {msg}"))
 
     e, v = cfg.eval, cfg.eval.vllm
+    # An empty list would launch tasks that score nothing and a scores.h5 without a trait.
+    need(len(e.traits) >= 1, "eval.traits", "is empty, so nothing would be scored; list at least one trait, "
+         "builtin (evil, hallucination) or a trait file: eval.traits=[evil,hallucination]")
     need(0 < v.gpu_memory_utilization <= 1, "eval.vllm.gpu_memory_utilization", "must be in (0, 1]")
     need(v.max_model_len is None or v.max_model_len > e.max_new_tokens, "eval.vllm.max_model_len",
          f"{v.max_model_len} leaves no room for the prompt with eval.max_new_tokens={e.max_new_tokens}; "
@@ -749,8 +777,16 @@ def _validate_eval(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
             need(cap is None or getattr(s, res) <= cap, f"{key}.{res}",
                  f"{getattr(s, res)} exceeds this cluster's limit cluster.limits.{res}={cap}")
     need(len(set(names)) == len(names), "judge.servers", f"server names must differ; got {names}")
+    need(j.timeout_s > 0, "judge.timeout_s", f"must be > 0 seconds (a request's time limit); got {j.timeout_s}")
     for i, spec in enumerate(j.judges):
         url = spec.base_url or ""
+        if spec.api_key_env is not None:
+            need(spec.api_key_env.isidentifier() and not spec.api_key_env.startswith(("sk-", "sk_")),
+                 f"judge.judges.{i}.api_key_env", "the NAME of an environment variable holding the key "
+                 f"(e.g. MY_JUDGE_KEY), never the key itself")
+        if url and not url.startswith(("serve:", "http://", "https://")):
+            need(False, f"judge.judges.{i}.base_url", f"{url!r} has no scheme; write http://{url} (or https://), "
+                                                       f"e.g. http://host:8000/v1, or serve:<name>")
         if not url.startswith("serve:"):
             continue
         key = f"judge.judges.{i}.base_url"

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from emt import atomic, paths
-from emt.config import BUILTIN_TINY_JUDGE, BUILTIN_TINY_MODEL, Config, JudgeSpec, stable_hash, to_yaml
+from emt.config import (BUILTIN_ORGANISM, BUILTIN_ORGANISM_JUDGE, BUILTIN_TINY_JUDGE, BUILTIN_TINY_MODEL, Config,
+                        JudgeSpec, stable_hash, to_yaml)
+from emt.locks import StepLocks
 from emt.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -207,17 +209,27 @@ def _model_path(cfg: Config, name: str) -> str:
         from emt.train import model_path
 
         return model_path(cfg)
+    if name == BUILTIN_ORGANISM:
+        from emt.organism import build_organism
+        from emt.train import model_path
+
+        return str(build_organism(Path(model_path(cfg)), seed=cfg.model.tiny_seed,
+                                  pretrain_steps=cfg.model.tiny_pretrain_steps))
     if name == BUILTIN_TINY_JUDGE:
         from emt.tiny_judge import build_tiny_judge
 
         return str(build_tiny_judge(paths.builtin_judge_dir(cfg.cluster.output_root)))
+    if name == BUILTIN_ORGANISM_JUDGE:
+        from emt.tiny_judge import build_organism_judge
+
+        return str(build_organism_judge(paths.organism_judge_dir(cfg.cluster.output_root)))
     return name
 
 
 def prepare_builtin_judges(cfg: Config) -> None:
     """Build builtin judge models before jobs start, so parallel tasks do not each build one."""
     for spec in cfg.judge.judges:
-        if spec.backend == "local" and spec.model == BUILTIN_TINY_JUDGE:
+        if spec.backend == "local" and spec.model in (BUILTIN_TINY_JUDGE, BUILTIN_ORGANISM_JUDGE):
             _model_path(cfg, spec.model)
 
 
@@ -233,15 +245,17 @@ def make_judges(cfg: Config) -> list[Any]:
     judges: list[Any] = []
     for spec in cfg.judge.judges:
         if spec.backend == "openai":
-            base_url = spec.base_url
+            base_url, token = spec.base_url, None
             if base_url and base_url.startswith(SERVE_PREFIX):
-                from emt.serve import resolve_endpoint
+                from emt.serve import resolve_server
 
-                base_url = resolve_endpoint(cfg.cluster.output_root, base_url[len(SERVE_PREFIX):],
-                                            wait_s=cfg.judge.serve_wait_s)
+                # The served judge's token comes from its endpoint file and goes to that server only.
+                base_url, token = resolve_server(cfg.cluster.output_root, base_url[len(SERVE_PREFIX):],
+                                                 wait_s=cfg.judge.serve_wait_s)
             judges.append(OpenAIJudge(model=spec.model, base_url=base_url, max_concurrency=cfg.judge.max_concurrency,
                                       timeout_s=cfg.judge.timeout_s, max_retries=cfg.judge.max_retries,
-                                      cache=cache, name=spec.label))
+                                      cache=cache, name=spec.label, api_key_env=spec.api_key_env,
+                                      api_key=None if spec.api_key_env else token))
         else:
             path = _model_path(cfg, spec.model)
             if spec.local_backend == "vllm":
@@ -454,6 +468,10 @@ def run_eval_task(task: EvalTask, session: EvalSession | None = None) -> dict[st
     root = eval_root(run, task.eval_hash)
     todo = [s for s in task.steps if not paths.result_file(root, s).is_file()]
     stats: dict[str, Any] = {"task": task.task, "steps": list(task.steps), "evaluated": [], "generations": 0, "judge_calls": 0}
+    # A step is evaluated only under its lock (another launch of this eval, or the monitor, may be
+    # at it): steps held elsewhere are waited for and their results used, never generated twice.
+    steplocks = StepLocks(lambda s: paths.eval_step_lock(root, s), lambda s: paths.result_file(root, s).is_file())
+    todo = steplocks.unless_all_busy(todo)
     if not todo:
         log.info("%s task %d: all %d checkpoints already scored", run.name, task.task, len(task.steps))
         return stats
@@ -478,6 +496,10 @@ def run_eval_task(task: EvalTask, session: EvalSession | None = None) -> dict[st
     n = cfg.eval.samples_per_question
     timing: dict[str, Any] = {"gen_s": 0.0, "judge_s": 0.0, "act_s": 0.0}
     lock = threading.Lock()
+    incomplete: dict[int, dict[str, Any]] = {}  # step -> judge_failed of results set aside
+    # Steps whose judge failed last time: their answers are judged again, not regenerated (the
+    # same prompts, so the cache answers every judgement that succeeded).
+    stored = {s: a for s in todo if (a := _stored_answers(paths.judge_failed_file(root, s), traits)) is not None}
 
     def target_for(step: int) -> "Target":
         if step == 0:
@@ -495,7 +517,23 @@ def run_eval_task(task: EvalTask, session: EvalSession | None = None) -> dict[st
         result.update(run=run.name, run_hash=run.hash, eval_hash=task.eval_hash,
                       seconds=round(item.gen_seconds + judge_s, 2), gen_seconds=round(item.gen_seconds, 2),
                       judge_seconds=round(judge_s, 2))
+        aside = paths.judge_failed_file(root, item.step)
+        if result.get("judge_failed"):
+            # Judgements lost in transport (after every retry): not a result, so the step stays
+            # pending; the answers are kept so that a rerun asks only the failed prompts again.
+            atomic.write_text(aside, json.dumps(result))
+            steplocks.release(item.step)
+            with lock:
+                stats["judge_calls"] += calls
+                incomplete[item.step] = result["judge_failed"]
+                timing["judge_s"] += judge_s
+            log.warning("%s task %d: step %d NOT scored: %s", run.name, task.task, item.step,
+                        _failed_summary(result["judge_failed"]))
+            return
         atomic.write_text(paths.result_file(root, item.step), json.dumps(result))
+        if aside.exists():
+            aside.unlink()
+        steplocks.release(item.step)
         with lock:
             stats["judge_calls"] += calls
             stats["evaluated"].append(item.step)
@@ -504,36 +542,52 @@ def run_eval_task(task: EvalTask, session: EvalSession | None = None) -> dict[st
                  item.step, len(trait_prompts), item.gen_seconds, judge_s)
 
     try:
-        if capturer is not None and cfg.activations.persona and 0 in todo:
-            # Before step 0's result exists, so that a complete set of results implies the vectors.
-            from emt.persona import ensure_vectors
-
-            t0 = time.perf_counter()
-            ensure_vectors(cfg, root, traits, gen, judges[0], capturer)
-            timing["persona_s"] = time.perf_counter() - t0
         pipeline = JudgePipeline(judge_and_write, threaded=cfg.eval.pipeline_judge, depth=cfg.eval.judge_queue)
         try:
-            for i in range(0, len(todo), session.per_call):
-                group = todo[i:i + session.per_call]
-                t0 = time.perf_counter()
-                outs = generate_many(gen, [target_for(s) for s in group], [c for _, _, c in convs], n,
-                                     max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.temperature,
-                                     seed=cfg.eval.seed)
-                gen_s = time.perf_counter() - t0
-                timing["gen_s"] += gen_s
-                stats["generations"] += len(group) * len(convs) * n
-                for step, answers in zip(group, outs):
-                    if capturer is not None:
-                        t1 = time.perf_counter()
-                        arrays, meta = capturer.capture(target_for(step), traits, convs, answers)
-                        save_step(paths.activation_file(root, step), arrays, dtype=cfg.activations.dtype, meta=meta)
-                        timing["act_s"] += time.perf_counter() - t1
-                    pipeline.submit(_Generated(step, answers, gen_s / len(group)))
+            pending = list(todo)
+            while pending:
+                # This round: the steps whose lock this task took. Every one of them is handed to the
+                # judge (which releases it) before waiting for the others' holders, so no two tasks
+                # ever wait on each other; what a holder leaves unscored (it failed, or was killed) is
+                # claimed in the next round.
+                mine, pending = steplocks.claim(pending)
+                stored.update({s: a for s in mine if s not in stored
+                               and (a := _stored_answers(paths.judge_failed_file(root, s), traits)) is not None})
+                if capturer is not None and cfg.activations.persona and 0 in mine:
+                    # Before step 0's result exists, so that a complete set of results implies the vectors.
+                    from emt.persona import ensure_vectors
+
+                    t0 = time.perf_counter()
+                    ensure_vectors(cfg, root, traits, gen, judges[0], capturer)
+                    timing["persona_s"] = time.perf_counter() - t0
+                for step, answers in stored.items():
+                    if step in mine and (capturer is None or paths.activation_file(root, step).is_file()):
+                        pipeline.submit(_Generated(step, answers, 0.0))
+                regen = [s for s in mine if s not in stored
+                         or (capturer is not None and not paths.activation_file(root, s).is_file())]
+                for i in range(0, len(regen), session.per_call):
+                    group = regen[i:i + session.per_call]
+                    t0 = time.perf_counter()
+                    outs = generate_many(gen, [target_for(s) for s in group], [c for _, _, c in convs], n,
+                                         max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.temperature,
+                                         seed=cfg.eval.seed)
+                    gen_s = time.perf_counter() - t0
+                    timing["gen_s"] += gen_s
+                    stats["generations"] += len(group) * len(convs) * n
+                    for step, answers in zip(group, outs):
+                        if capturer is not None:
+                            t1 = time.perf_counter()
+                            arrays, meta = capturer.capture(target_for(step), traits, convs, answers)
+                            save_step(paths.activation_file(root, step), arrays, dtype=cfg.activations.dtype, meta=meta)
+                            timing["act_s"] += time.perf_counter() - t1
+                        pipeline.submit(_Generated(step, answers, gen_s / len(group)))
+                steplocks.wait_idle(pending)
         finally:
             # Checkpoints already generated are judged and written even when a later one failed
             # to generate (a rerun then skips them); a judge error surfaces here.
             pipeline.close()
     finally:
+        steplocks.release_all()  # steps that failed to generate or judge: free for the next try
         if own:
             session.close()
     wall_s = time.perf_counter() - t_start
@@ -552,20 +606,75 @@ def run_eval_task(task: EvalTask, session: EvalSession | None = None) -> dict[st
     log.info("%s task %d: %d checkpoints in %.1f s (start-up %.1f s, generation %.1f s, judges %.1f s, "
              "activations %.1f s, waited for judges %.1f s)", run.name, task.task, len(stats["evaluated"]), wall_s,
              startup_s, timing["gen_s"], timing["judge_s"], timing["act_s"], pipeline.wait_s)
+    if incomplete:
+        from emt.judge import JudgeIncomplete
+
+        merged: dict[str, dict[str, Any]] = {}
+        for failed in incomplete.values():
+            for judge, f in failed.items():
+                m = merged.setdefault(judge, {"count": 0, "reasons": {}})
+                m["count"] += f["count"]
+                for reason, k in f["reasons"].items():
+                    m["reasons"][reason] = m["reasons"].get(reason, 0) + k
+        raise JudgeIncomplete(
+            f"{run.name} task {task.task}: judge failed on steps {sorted(incomplete)}: {_failed_summary(merged)}; "
+            f"those steps are not scored (their answers are kept): rerun launch/eval_array.py --run {run.name} once "
+            f"the judge answers, and only the failed prompts are asked again")
     return stats
+
+
+def _failed_summary(failed: dict[str, dict[str, Any]]) -> str:
+    """``judge X: 12 judgements failed (http 500 after 6 retries x10, timeout after 6 retries x2)``."""
+    parts = []
+    for judge, f in failed.items():
+        reasons = sorted(f["reasons"].items(), key=lambda kv: -kv[1])
+        parts.append(f"judge {judge}: {f['count']} judgement(s) failed ("
+                     + ", ".join(f"{r} x{k}" for r, k in reasons[:4]) + ")")
+    return "; ".join(parts)
+
+
+def _stored_answers(path: Path, traits: Sequence["Trait"]) -> list[list[str]] | None:
+    """The answers of a set-aside result, in :func:`conversations` order, or None when the file is
+    absent or does not match the traits' questions (they are generated again then)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        answers: list[list[str]] = []
+        for t in traits:
+            tr = data["traits"][t.name]
+            if tr["question_ids"] != [q.id for q in t.questions]:
+                return None
+            answers += [list(map(str, row)) for row in tr["responses"]]
+        return answers
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("%s: unreadable set-aside result; its checkpoint is generated again", path)
+        return None
 
 
 def _result(step: int, traits: Sequence["Trait"], convs: Sequence[Any], answers: list[list[str]],
             judges: Sequence[Any], trait_prompts: list[str], coh_prompts: list[str]) -> tuple[dict[str, Any], int]:
     """One checkpoint's result (per trait, answers and each judge's scores [question][sample])
-    and the number of judge calls it cost (cache hits excluded)."""
+    and the number of judge calls it cost (cache hits excluded).
+
+    Wherever a score (trait or coherence) is NaN its raw reply and reason are kept. Judgements
+    lost in transport after every retry are counted per judge under ``judge_failed`` (count and
+    reasons): such a result is incomplete."""
     n = len(answers[0]) if answers else 0
     per_judge = {}
     calls = 0
+    failed: dict[str, dict[str, Any]] = {}
     for j, js in zip(judges, _score_all(judges, trait_prompts + coh_prompts)):
         calls += sum(1 for x in js if not x.cached)
         per_judge[j.name] = (js[: len(trait_prompts)], js[len(trait_prompts):])
+        for x in js:
+            if getattr(x, "failed", False):
+                f = failed.setdefault(j.name, {"count": 0, "reasons": {}})
+                f["count"] += 1
+                f["reasons"][x.reason or "?"] = f["reasons"].get(x.reason or "?", 0) + 1
     out: dict[str, Any] = {"step": step, "judges": [j.name for j in judges], "traits": {}}
+    if failed:
+        out["judge_failed"] = failed
     flat = 0
     row = 0
     for t in traits:
@@ -580,6 +689,10 @@ def _result(step: int, traits: Sequence["Trait"], convs: Sequence[Any], answers:
             # Keep the raw reply and the reason wherever a score is missing (never a silent 0).
             tr["raw"][name] = [[x.raw if math.isnan(_nan_if_none(x.score)) else "" for x in r] for r in grid(ts)]
             tr["reason"][name] = [[(x.reason or "") if math.isnan(_nan_if_none(x.score)) else "" for x in r] for r in grid(ts)]
+            tr.setdefault("coherence_raw", {})[name] = [[(x.raw or "") if math.isnan(_nan_if_none(x.score)) else "" for x in r]
+                                                        for r in grid(cs)]
+            tr.setdefault("coherence_reason", {})[name] = [
+                [(x.reason or "") if math.isnan(_nan_if_none(x.score)) else "" for x in r] for r in grid(cs)]
         out["traits"][t.name] = tr
         row += q_n
         flat = hi
@@ -691,4 +804,19 @@ def _up_to_date(scores: Path, ehash: str, steps: Sequence[int], results: Sequenc
 
 def judge_needs_key(specs: Sequence[JudgeSpec]) -> bool:
     """True when a judge talks to api.openai.com (no base_url): the job needs OPENAI_API_KEY."""
-    return any(s.backend == "openai" and not s.base_url for s in specs)
+    return any(s.backend == "openai" and not s.base_url and not s.api_key_env for s in specs)
+
+
+def judge_key_envs(specs: Sequence[JudgeSpec]) -> list[tuple[str, str]]:
+    """(judge label, environment variable) for every openai judge that sends a key read from the
+    environment: its ``api_key_env``, or OPENAI_API_KEY for api.openai.com. A ``base_url`` judge
+    without ``api_key_env`` sends none (a ``serve:`` judge sends its server's own token)."""
+    out = []
+    for s in specs:
+        if s.backend != "openai":
+            continue
+        if s.api_key_env:
+            out.append((s.label, s.api_key_env))
+        elif not s.base_url:
+            out.append((s.label, "OPENAI_API_KEY"))
+    return out

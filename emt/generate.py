@@ -147,6 +147,8 @@ def adapter_rank(adapter_dir: str) -> int:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{adapter_dir} is not a peft adapter directory (no adapter_config.json)") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # cut short or overwritten after the checkpoint was marked
+        raise CheckpointError(damaged_message(adapter_dir, path.name, f"not valid JSON: {exc}")) from None
     ranks = [int(config["r"])]
     ranks += [int(r) for r in (config.get("rank_pattern") or {}).values()]
     return max(ranks)
@@ -184,18 +186,85 @@ def _merge_by_text(pairs: Sequence[tuple[str, float]]) -> dict[str, float]:
     return merged
 
 
+class CheckpointError(ValueError):
+    """A checkpoint's files are damaged (a weights file cut short, an unreadable config)."""
+
+
+# Weights files of a checkpoint: a LoRA adapter's or a whole model's (sharded or not); not the
+# Trainer's resume state (optimizer.pt, training_args.bin, ...), which evaluation never reads.
+WEIGHTS_GLOBS = ("adapter_model.safetensors", "adapter_model.bin", "model*.safetensors", "pytorch_model*.bin")
+
+
+def damaged_message(ckpt_dir: str | Path, file: str, why: str) -> str:
+    """One line naming the damaged checkpoint file and what to do about it."""
+    ckpt = Path(ckpt_dir)
+    return (f"checkpoint {ckpt}: {file} is damaged ({why}); restore the file from a copy, or delete {ckpt} "
+            f"so that evaluation leaves step {ckpt.name.rsplit('-', 1)[-1]} out, then launch the evaluation again")
+
+
+def weights_problem(path: Path) -> str | None:
+    """Why a weights file cannot be loaded (truncated, malformed header), or None.
+
+    Reads only the header: a safetensors file is 8 bytes of header length, the JSON header, then
+    the tensors at the header's offsets, so a file cut short is shorter than its last offset. A
+    ``.bin`` (torch's zip format) cut short has lost its zip directory, which sits at the end.
+    """
+    size = path.stat().st_size
+    if path.suffix == ".bin":
+        import zipfile
+
+        return None if zipfile.is_zipfile(path) else f"{size} bytes, not a complete torch zip archive: truncated"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"truncated: {size} bytes, shorter than a safetensors header"
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            return f"truncated: its header alone needs {n + 8} bytes, the file has {size}"
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError):
+            return "its safetensors header is not valid"
+    if 8 + n + end > size:
+        return f"truncated: {size} of {8 + n + end} bytes"
+    return None
+
+
+def checkpoint_problem(ckpt_dir: str | Path) -> str | None:
+    """One line (see :func:`damaged_message`) when a checkpoint's weights are damaged, else None."""
+    ckpt = Path(ckpt_dir)
+    for pattern in WEIGHTS_GLOBS:
+        for f in sorted(ckpt.glob(pattern)):
+            why = weights_problem(f)
+            if why:
+                return damaged_message(ckpt, f.name, why)
+    return None
+
+
+_VERIFIED: set[tuple[str, int, int]] = set()  # adapter fingerprints whose weights were checked
+
+
 def _fingerprint(adapter_dir: str) -> tuple[str, int, int]:
     """Identity of an adapter's content: resolved path plus size and mtime of its weights.
 
     A directory rewritten with new weights (e.g. a retrained checkpoint) is a new adapter, never
-    served from a cache under the old identity.
+    served from a cache under the old identity. The weights are checked once per identity, so a
+    file cut short is a :class:`CheckpointError` naming the checkpoint, not an error deep inside
+    peft or a vLLM engine.
     """
     root = Path(adapter_dir).resolve()
     for name in ("adapter_model.safetensors", "adapter_model.bin"):
         weights = root / name
         if weights.is_file():
             st = weights.stat()
-            return str(root), st.st_size, st.st_mtime_ns
+            key = (str(root), st.st_size, st.st_mtime_ns)
+            if key not in _VERIFIED:
+                why = weights_problem(weights)
+                if why:
+                    raise CheckpointError(damaged_message(root, name, why))
+                _VERIFIED.add(key)
+            return key
     raise FileNotFoundError(f"{adapter_dir} holds no adapter_model.safetensors or adapter_model.bin")
 
 

@@ -63,10 +63,28 @@ def request_tags(**tags: Any) -> Any:
 def _tag_headers() -> dict[str, str]:
     return {f"X-EMT-{k.replace('_', '-').title()}": v for k, v in _REQUEST_TAGS.get().items()}
 
+class JudgeUnavailable(RuntimeError):
+    """The judge cannot answer at all (404, 401/403, no quota, refused on the whole first batch):
+    a configuration error. Raised at once, in one line naming the judge, the URL and the fix,
+    instead of retrying every prompt for minutes."""
+
+
+class JudgeIncomplete(RuntimeError):
+    """An eval task's judgements were lost in transport after every retry: the checkpoints
+    concerned are not scored (the task fails; a rerun asks only the failed prompts again)."""
+
+
+class JudgeCacheError(RuntimeError):
+    """The judge cache file is not a usable SQLite database (the message names the file)."""
+
+
 MIN_NUMERIC_MASS = 0.25
 """Below this kept (integer 0..100) probability mass a reply has no score."""
 
 DEFAULT_JUDGE_MODEL = "gpt-4.1-mini-2025-04-14"
+
+NO_KEY = "EMPTY"
+"""The placeholder key a judge without credentials sends (the openai client requires a string)."""
 
 # USD per 1M tokens (input, output), keyed by model-name prefix; the longest prefix wins so that
 # "gpt-4.1-mini-..." is not priced as "gpt-4.1".
@@ -153,6 +171,8 @@ class Judgement:
         "timeout after 2 retries", "malformed response: ...", "empty reply"); None when scored.
     judge: the judge's name. cached: served without a call (cache hit or repeated prompt).
     logprobs: the first token's top logprobs {token: logprob}, when the reply had them.
+    failed: no verdict because the transport failed (after every retry): the judgement is
+        missing, not unscoreable; it is not cached and the eval task keeps its checkpoint pending.
     """
 
     score: float
@@ -161,6 +181,7 @@ class Judgement:
     judge: str
     cached: bool = False
     logprobs: dict[str, float] | None = None
+    failed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -180,6 +201,7 @@ class _Reply:
     completion_tokens: int = 0
     cacheable: bool = True  # False for transport failures and malformed bodies: retry next run
     transport_failure: bool = False
+    malformed: bool = False  # a broken body (bad JSON, missing fields): retried like a 5xx
 
 
 def _reply_from_logprobs(logprobs: dict[str, float], raw: str | None, prompt_tokens: int = 0,
@@ -271,11 +293,22 @@ class JudgeCache:
                     return fn(self._connect())
             except sqlite3.OperationalError as e:
                 msg = str(e).lower()
-                if ("locked" not in msg and "busy" not in msg) or attempt == 7:
+                if "locked" not in msg and "busy" not in msg:
+                    raise self._unusable(e) from None
+                if attempt == 7:
                     raise
                 log.debug("judge cache busy (%s); retrying in %.2f s", e, delay)
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
+            except sqlite3.DatabaseError as e:  # "file is not a database", "malformed", ...
+                raise self._unusable(e) from None
+
+    def _unusable(self, e: Exception) -> JudgeCacheError:
+        with contextlib.suppress(Exception):
+            self.close()
+        return JudgeCacheError(
+            f"{self.path}: unusable judge cache ({e}); move it aside (mv {self.path} {self.path}.bad) and rerun: "
+            f"it only saves judge calls, every result is kept elsewhere, or set judge.cache=false")
 
     def get_many(self, model: str, prompts: Sequence[str]) -> dict[str, _Reply]:
         """Cached replies for those of ``prompts`` that have one, keyed by prompt."""
@@ -407,7 +440,8 @@ class _JudgeBase(abc.ABC):
             if r is None:
                 r = fresh[p]
             seen.add(p)
-            out.append(Judgement(r.score, r.raw, r.reason, self.name, cached, r.logprobs))
+            out.append(Judgement(r.score, r.raw, r.reason, self.name, cached, r.logprobs,
+                                 failed=r.transport_failure))
             if math.isnan(r.score):
                 nan += 1
                 if r.transport_failure and not cached:
@@ -500,6 +534,40 @@ def _as_int(v: Any) -> int:
         return 0
 
 
+def _transport_reason(exc: BaseException) -> str:
+    """What failed, from an openai APIConnectionError's exception chain: ``connection refused``,
+    ``connection reset``, ``truncated body``, ``timeout`` or ``connection error (<type>)``.
+
+    The chain matters because the type alone misleads: with the aiohttp transport a refused
+    connection arrives as APITimeoutError (ConnectTimeout <- ClientConnectorError <-
+    ConnectionRefusedError), with httpx as APIConnectionError <- ConnectError <- ... <-
+    ConnectionRefusedError."""
+    import errno
+
+    chain: list[BaseException] = []
+    x: BaseException | None = exc
+    while x is not None and len(chain) < 16 and x not in chain:
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    for x in chain:
+        if isinstance(x, ConnectionRefusedError) or getattr(x, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused"
+    for x in chain:
+        if isinstance(x, ConnectionResetError) or getattr(x, "errno", None) == errno.ECONNRESET:
+            return "connection reset"
+    for x in chain:
+        name, text = type(x).__name__, str(x)
+        if ("ContentLength" in name or "IncompleteRead" in name or "RemoteProtocolError" in name
+                or "payload is not completed" in text or "peer closed connection" in text):
+            return "truncated body"
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError) or any(isinstance(x, TimeoutError) for x in chain):
+        return "timeout"
+    inner = chain[-1]
+    return f"connection error ({type(inner).__name__})"
+
+
 def _retry_after_s(headers: Any) -> float | None:
     """Seconds from ``retry-after-ms`` / ``Retry-After`` (seconds or an HTTP date), or None."""
     if headers is None:
@@ -526,14 +594,22 @@ class OpenAIJudge(_JudgeBase):
     Each prompt is sent as one user message with ``max_tokens=1, temperature=0, logprobs=True,
     top_logprobs=20, seed=0``; the first token's top-20 gives the score. At most
     ``max_concurrency`` requests are in flight per event loop. Retries are ours (the client's own
-    ``max_retries`` is 0): 408/409/429/5xx, timeouts and connection errors are retried up to
-    ``max_retries`` times with exponential backoff and jitter, honouring ``Retry-After``; then the
-    judgement is NaN with the reason. Other HTTP errors (400/401/404, 429 insufficient_quota) are
-    not retried.
+    ``max_retries`` is 0): 408/409/429/5xx, timeouts, connection errors and malformed or
+    truncated bodies are retried up to ``max_retries`` times with exponential backoff and jitter,
+    honouring ``Retry-After``; then the judgement is NaN with the reason (``failed`` set). Other
+    4xx (400, 422: about that prompt) are NaN with the reason at once, without ``failed``.
 
-    The API key is read from ``os.environ[api_key_env]`` at construction (a ``base_url`` server
-    may do without: "EMPTY"), and is kept out of reprs, logs, the cache and pickles; an unpickled
-    judge re-reads it from its own environment.
+    Credentials: ``api_key`` (a served judge's token from its endpoint file), else
+    ``os.environ[api_key_env]``; ``api_key_env`` defaults to OPENAI_API_KEY for api.openai.com
+    (no ``base_url``) and to nothing for a ``base_url`` server, which then gets the placeholder
+    "EMPTY" (the client needs a string): the environment's OpenAI key never reaches a server it
+    was not named for. The key is kept out of reprs, logs, the cache and pickles; an unpickled
+    judge re-reads it from its own environment (an explicit ``api_key`` must be passed again).
+
+    Transient failures (408/409/429/5xx, timeouts, connection errors, malformed or truncated
+    bodies) are retried; a NaN after the last retry has ``Judgement.failed`` set. Configuration
+    errors raise :class:`JudgeUnavailable` at once: 404, 401/403, 429 insufficient_quota, and a
+    connection refused on every request of the first batch.
 
     ``transport``: "aiohttp" (``openai.DefaultAioHttpClient``; needs ``aiohttp``, measured
     faster), "httpx" (the client's default), or "auto" (aiohttp when installed).
@@ -542,7 +618,7 @@ class OpenAIJudge(_JudgeBase):
     def __init__(self, model: str = DEFAULT_JUDGE_MODEL, base_url: str | None = None,
                  max_concurrency: int = 32, timeout_s: float = 60.0, max_retries: int = 6,
                  cache: JudgeCache | None = None, name: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", *, backoff_base_s: float = 0.5,
+                 api_key_env: str | None = None, *, api_key: str | None = None, backoff_base_s: float = 0.5,
                  backoff_max_s: float = 30.0, retry_after_max_s: float = 300.0,
                  transport: Literal["auto", "httpx", "aiohttp"] = "auto") -> None:
         if max_concurrency < 1:
@@ -551,26 +627,39 @@ class OpenAIJudge(_JudgeBase):
             raise ValueError("max_retries must be >= 0")
         if transport not in ("auto", "httpx", "aiohttp"):
             raise ValueError(f"transport must be auto, httpx or aiohttp, not {transport!r}")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 seconds, not {timeout_s!r}")
         self._init_base(model, name, cache)
         self.base_url = base_url
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries
+        if api_key_env is None and base_url is None and api_key is None:
+            api_key_env = "OPENAI_API_KEY"
         self.api_key_env = api_key_env
+        self._explicit_key = api_key is not None
+        # Configuration-error detection: any HTTP answer at all proves the server is there.
+        self._answered = False
+        self._refused_first = 0
+        self._first_batch: int | None = None
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.retry_after_max_s = retry_after_max_s
         self.transport = transport
-        self._key: _Secret | None = self._read_key()
+        self._key: _Secret | None = _Secret(api_key) if api_key is not None else self._read_key()
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
 
     def _read_key(self) -> _Secret:
+        if self._explicit_key:
+            raise RuntimeError(f"judge {self.name}: its token was passed explicitly and is not pickled; "
+                               "build the judge again where it runs (emt.evaluate.make_judges)")
+        if self.api_key_env is None:
+            # A base_url server named no variable: send a placeholder, never the environment's key.
+            return _Secret(NO_KEY)
         key = os.environ.get(self.api_key_env)
         if not key:
-            if self.base_url is not None:
-                return _Secret("EMPTY")  # local OpenAI-compatible servers ignore the key
             raise RuntimeError(
-                f"OpenAIJudge needs an API key: export {self.api_key_env}=... in the environment "
+                f"judge {self.name} needs an API key: export {self.api_key_env}=... in the environment "
                 "of the process that scores (the key is read from the environment only, never "
                 "from configs, and is not stored)")
         return _Secret(key)
@@ -590,7 +679,7 @@ class OpenAIJudge(_JudgeBase):
 
     def _redact(self, text: str) -> str:
         key = self._key.get() if self._key is not None else ""
-        if key and key != "EMPTY" and key in text:
+        if key and key != NO_KEY and key in text:
             text = text.replace(key, "***")
         return text
 
@@ -645,6 +734,10 @@ class OpenAIJudge(_JudgeBase):
         pending: list[tuple[str, _Reply]] = []
         last_flush = time.monotonic()
         it = iter(enumerate(prompts))
+        if self._first_batch is None:
+            # "Refused on every request of the first batch" is a server that is not there (or a
+            # wrong host/port): the first batch is what goes out at once.
+            self._first_batch = max(1, min(len(prompts), self.max_concurrency))
 
         async def flush() -> None:
             nonlocal last_flush
@@ -670,7 +763,16 @@ class OpenAIJudge(_JudgeBase):
 
         try:
             n_workers = min(len(prompts), 2 * self.max_concurrency)
-            await asyncio.gather(*(worker() for _ in range(n_workers)))
+            tasks = [asyncio.ensure_future(worker()) for _ in range(n_workers)]
+            # A configuration error (JudgeUnavailable) in one worker stops them all at once:
+            # the other prompts would only meet the same error after their own retries.
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for t in tasks:
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
         finally:
             await flush()
             await self._release_state(state)
@@ -682,11 +784,34 @@ class OpenAIJudge(_JudgeBase):
         d = min(self.backoff_base_s * (2 ** retry), self.backoff_max_s)
         return d / 2 + random.uniform(0, d / 2)
 
+    def _where(self) -> str:
+        return self.base_url or "api.openai.com"
+
+    def _config_error(self, status: int, message: str) -> JudgeUnavailable | None:
+        """The one-line error for an HTTP status that no retry can fix, or None."""
+        where, key = self._where(), self._key_hint()
+        if status == 404:
+            return JudgeUnavailable(
+                f"judge {self.name}: http 404 from {where.rstrip('/')}/chat/completions ({message}): base_url must be "
+                f"the API root ending in /v1 (e.g. http://host:8000/v1) and model {self.model!r} one the server serves")
+        if status in (401, 403):
+            return JudgeUnavailable(f"judge {self.name}: http {status} from {where} ({message}): the server refused "
+                                    f"the credentials; {key}")
+        return None
+
+    def _key_hint(self) -> str:
+        if self.api_key_env:
+            return f"check {self.api_key_env} in the job's environment (judge.judges[].api_key_env)"
+        if self._explicit_key:
+            return "the token in the served judge's endpoint file does not match the server; restart it"
+        return "this judge sends no key: name the variable holding it with judge.judges[].api_key_env"
+
     async def _one(self, state: _LoopState, prompt: str) -> _Reply:
         import openai
 
         loop = asyncio.get_running_loop()
         retries = 0
+        last_malformed: _Reply | None = None
         while True:
             async with state.sem:
                 wait = state.pause_until - loop.time()
@@ -695,6 +820,7 @@ class OpenAIJudge(_JudgeBase):
                 with self._usage.lock:
                     self._usage.calls += 1
                 retry_after: float | None = None
+                failure = True  # a transport failure (retried, then NaN and not cached)
                 try:
                     raw = await state.client.chat.completions.with_raw_response.create(
                         model=self.model, messages=[{"role": "user", "content": prompt}],
@@ -702,35 +828,55 @@ class OpenAIJudge(_JudgeBase):
                         extra_headers=_tag_headers() or None)
                     body = raw.http_response.content
                 except openai.APIStatusError as e:
+                    self._answered = True
                     status = e.status_code
                     code = getattr(e, "code", None)
                     what = f"http {status}"
                     if isinstance(code, str) and len(code) < 64:  # e.g. "rate_limit_exceeded"
                         what += f" ({code})"
+                    body_err = getattr(e, "body", None)  # the API's "error" object, when it sent one
+                    message = body_err.get("message") if isinstance(body_err, dict) else None
+                    fatal = self._config_error(status, self._redact(str(message or e.message))[:200])
+                    if status == 429 and code == "insufficient_quota":  # billing, not load
+                        fatal = JudgeUnavailable(f"judge {self.name}: http 429 insufficient_quota from "
+                                                 f"{self._where()}: the account has no quota left; add credit")
+                    if fatal is not None:
+                        raise fatal from None
                     retryable = status in (408, 409, 429) or status >= 500
-                    if status == 429 and code == "insufficient_quota":
-                        retryable = False  # billing, not load: retrying cannot help
+                    # Any other 4xx (400: context too long, 422) is about this prompt: it stays
+                    # NaN with its reason, without marking the checkpoint incomplete forever.
+                    failure = retryable
                     retry_after = _retry_after_s(e.response.headers) if retryable else None
                     if retry_after is not None and retry_after > self.retry_after_max_s:
                         retryable = False
-                except openai.APITimeoutError:
-                    what, retryable = "timeout", True
-                except openai.APIConnectionError as e:
-                    cause = type(e.__cause__).__name__ if e.__cause__ else "unknown"
-                    what, retryable = f"connection error ({cause})", True
+                except openai.APIConnectionError as e:  # APITimeoutError included
+                    what, retryable = _transport_reason(e), True
+                    if what == "connection refused" and retries == 0 and not self._answered:
+                        self._refused_first += 1
+                        if self._refused_first >= (self._first_batch or 1):
+                            raise JudgeUnavailable(
+                                f"judge {self.name}: connection refused on all {self._refused_first} requests of the "
+                                f"first batch to {self._where()}: no server listens there; start it, or fix the "
+                                f"host/port in judge.judges[].base_url") from None
                 except Exception as e:  # never let one request sink the batch
                     log.warning("judge %s: unexpected %s", self.name, type(e).__name__)
                     what, retryable = self._redact(f"error {type(e).__name__}: {e}")[:300], False
                 else:
+                    self._answered = True
                     r = self._parse(body)
                     with self._usage.lock:
                         self._usage.prompt_tokens += r.prompt_tokens
                         self._usage.completion_tokens += r.completion_tokens
-                    return r
+                    if not r.malformed:
+                        return r
+                    # A broken body (a proxy's error page, a cut connection) is the transport's
+                    # fault, not the judge's answer: retried like a 5xx.
+                    last_malformed, what, retryable = r, r.reason or "malformed response", True
             if not retryable or retries >= self.max_retries:
                 suffix = f" after {retries} retries" if retries else ""
-                return _Reply(math.nan, None, what + suffix, None, cacheable=False,
-                              transport_failure=True)
+                raw_text = last_malformed.raw if last_malformed is not None and what == last_malformed.reason else None
+                return _Reply(math.nan, raw_text, what + suffix, None, cacheable=False,
+                              transport_failure=failure)
             delay = self._backoff(retries)
             if retry_after is not None:
                 # Honour the server's delay (plus a little jitter so that everyone it throttled
@@ -751,7 +897,7 @@ class OpenAIJudge(_JudgeBase):
             return self._parse_body(body)
         except Exception as e:  # a body shape not foreseen below must not sink the batch
             return _Reply(math.nan, self._redact(body[:2000].decode("utf-8", "replace")),
-                          f"malformed response: {type(e).__name__}", None, cacheable=False)
+                          f"malformed response: {type(e).__name__}", None, cacheable=False, malformed=True)
 
     def _parse_body(self, body: bytes) -> _Reply:
         text = body.decode("utf-8", errors="replace")
@@ -759,7 +905,7 @@ class OpenAIJudge(_JudgeBase):
         def bad(why: str) -> _Reply:
             # Not cached: a broken body is the transport's fault, not the judge's answer.
             return _Reply(math.nan, self._redact(text[:2000]), f"malformed response: {why}", None,
-                          cacheable=False)
+                          cacheable=False, malformed=True)
 
         try:
             data = json.loads(text)

@@ -3,14 +3,17 @@
 It answers ``POST /v1/chat/completions`` with a body in the real format (one choice, first-token
 ``logprobs`` with ``top_logprobs``, ``usage``), from a scriptable *responder* (prompt -> {token:
 logprob}) after a fixed latency, and can inject scripted faults (429 with ``Retry-After``, 500,
-hangs past the client timeout, malformed bodies, empty replies). It counts requests in total and
-per prompt, so tests can assert that a rerun made no calls.
+404, hangs past the client timeout, malformed and truncated bodies, connections reset, empty
+replies). It counts requests in total and per prompt, so tests can assert that a rerun made no
+calls, and records the ``Authorization`` header each request carried (``auth_headers()``), so
+tests can assert which credentials reached it. With ``api_key`` it requires that bearer token
+(401 otherwise), as ``vllm serve --api-key`` does.
 
 It is a plain asyncio HTTP/1.1 server (keep-alive, Content-Length or chunked bodies): latency is
 an ``asyncio.sleep``, so thousands of concurrent requests cost no threads. It binds loopback
-addresses only (it has no authentication) and is bounded: it answers 503 after ``max_requests``
-and shuts itself down after ``max_lifetime_s``. It never reads, logs or stores the
-``Authorization`` header.
+addresses only and is bounded: it answers 503 after ``max_requests`` and shuts itself down after
+``max_lifetime_s``. It never logs the ``Authorization`` header; it keeps it in memory for the
+tests (``auth_headers()``), which is why it must only ever see test credentials.
 
 Use it in-process (a background thread)::
 
@@ -48,7 +51,8 @@ from typing import Any
 
 Responder = Callable[[str], Mapping[str, float]]
 
-FAULT_KINDS = ("429", "500", "timeout", "malformed", "no_logprobs", "empty")
+FAULT_KINDS = ("429", "500", "404", "timeout", "malformed", "truncated", "reset", "no_logprobs", "empty")
+_TRUNCATED, _RESET = -1, -2  # pseudo-statuses: cut the body short / reset the connection
 _MAX_HEAD = 64 * 1024  # bytes of request line + headers we accept
 _MAX_BODY = 16 * 1024 * 1024
 
@@ -115,10 +119,14 @@ class Fault:
     """A scripted fault.
 
     kind: ``"429"`` (with ``Retry-After: retry_after`` when that is not None), ``"500"``,
-        ``"timeout"`` (sleep ``hang_s`` before answering normally: longer than the client's
-        timeout), ``"malformed"`` (200 with an invalid JSON body), ``"no_logprobs"`` (200,
-        valid JSON, ``logprobs: null``), ``"empty"`` (200, content ``""``, empty top_logprobs).
-    at: 1-based request numbers (counted over all requests) that get the fault; None: any.
+        ``"404"`` (as a wrong base_url or model gets), ``"timeout"`` (sleep ``hang_s`` before
+        answering normally: longer than the client's timeout), ``"malformed"`` (200 with an
+        invalid JSON body), ``"truncated"`` (200 whose Content-Length promises more than is sent
+        before the connection closes), ``"reset"`` (the connection is reset, TCP RST, without an
+        answer), ``"no_logprobs"`` (200, valid JSON, ``logprobs: null``), ``"empty"`` (200,
+        content ``""``, empty top_logprobs).
+    at: 1-based request numbers (counted over all requests) that get the fault; None: any. A
+        ``range`` stays a range (``range(401, 10**9)``: "down after 400 requests" costs nothing).
     prompt_contains: only requests whose prompt contains this substring; None: any.
     times: how many matching requests get the fault; None: every matching request.
     """
@@ -136,7 +144,7 @@ class Fault:
             raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {FAULT_KINDS}")
         if isinstance(self.at, int):
             self.at = (self.at,)
-        elif self.at is not None:
+        elif self.at is not None and not isinstance(self.at, range):
             self.at = tuple(self.at)
 
     def matches(self, n: int, prompt: str) -> bool:
@@ -151,8 +159,10 @@ class Fault:
         return True
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        at = self.at
+        d = dataclasses.asdict(dataclasses.replace(self, at=None))
         d.pop("hits")
+        d["at"] = list(at) if at is not None else None  # type: ignore[arg-type]
         return d
 
 
@@ -187,8 +197,10 @@ class JudgeServer:
     def __init__(self, responder: Responder | None = None, latency_s: float = 0.0,
                  faults: Iterable[Fault] = (), *, host: str = "127.0.0.1", port: int = 0,
                  max_requests: int = 200_000, max_lifetime_s: float = 900.0,
-                 process: bool = False, responder_path: str | None = None) -> None:
+                 process: bool = False, responder_path: str | None = None,
+                 api_key: str | None = None) -> None:
         _check_loopback(host)
+        self.api_key = api_key  # required as "Bearer <api_key>" when set
         self.responder: Responder = responder or hash_responder
         # A responder with a ``tags`` parameter also gets the request's emt tags (run, step):
         # tests plant scores that depend on the checkpoint being judged.
@@ -212,6 +224,7 @@ class JudgeServer:
         self._total = 0
         self._per_prompt: Counter[str] = Counter()
         self._statuses: Counter[int] = Counter()
+        self._auth: list[str | None] = []  # the Authorization header of each request, in order
         self._in_flight = 0
         self._max_in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -309,8 +322,14 @@ class JudgeServer:
                "--exit-on-stdin-eof"]
         if self.responder_path:
             cmd += ["--responder", self.responder_path]
+        env = None
+        if self.api_key is not None:  # through the environment: not visible in `ps`
+            import os
+
+            env = {**os.environ, "EMT_JUDGE_SERVER_KEY": self.api_key}
+            cmd += ["--api-key-env", "EMT_JUDGE_SERVER_KEY"]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      text=True)
+                                      text=True, env=env)
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()  # "listening on http://127.0.0.1:PORT/v1"
         if not line.startswith("listening on "):
@@ -353,12 +372,20 @@ class JudgeServer:
             return int(self._remote_stats()["max_in_flight"])
         return self._max_in_flight
 
+    def auth_headers(self) -> list[str | None]:
+        """The ``Authorization`` header of every request received, in order (None: absent)."""
+        if self._proc is not None:
+            return list(self._remote_stats()["auth"])
+        with self._lock:
+            return list(self._auth)
+
     def reset_counts(self) -> None:
         """Zero the counters (thread mode)."""
         with self._lock:
             self._total = 0
             self._per_prompt.clear()
             self._statuses.clear()
+            self._auth.clear()
             self._max_in_flight = 0
 
     def add_fault(self, fault: Fault) -> None:
@@ -376,7 +403,7 @@ class JudgeServer:
         with self._lock:
             return {"total": self._total, "per_prompt": dict(self._per_prompt),
                     "statuses": {str(k): v for k, v in self._statuses.items()},
-                    "max_in_flight": self._max_in_flight}
+                    "max_in_flight": self._max_in_flight, "auth": list(self._auth)}
 
     # ---------------------------------------------------------------- HTTP
 
@@ -388,7 +415,7 @@ class JudgeServer:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return
-                method, target, version, length, chunked, close, tags = _parse_head(head)
+                method, target, version, length, chunked, close, tags, auth = _parse_head(head)
                 if chunked:
                     body = await _read_chunked(reader)
                 elif length:
@@ -399,12 +426,29 @@ class JudgeServer:
                 else:
                     body = b""
                 keep_alive = version == "HTTP/1.1" and not close
-                status, headers, payload = await self._dispatch(method, target, body, tags)
+                status, headers, payload = await self._dispatch(method, target, body, tags, auth)
+                if status == _RESET:  # SO_LINGER 0: close() sends RST instead of FIN
+                    sock = writer.get_extra_info("socket")
+                    if sock is not None:
+                        import socket
+                        import struct
+
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    writer.transport.abort()
+                    return
+                if status == _TRUNCATED:  # promise the whole body, send a third, hang up
+                    head_out = (f"HTTP/1.1 200 OK\r\nContent-Length: {len(payload)}\r\n"
+                                "Content-Type: application/json\r\nConnection: close\r\n\r\n")
+                    writer.write(head_out.encode("latin-1") + payload[: len(payload) // 3])
+                    await writer.drain()
+                    return
                 await self._write(writer, status, headers, payload, close=not keep_alive)
                 if not keep_alive:
                     return
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             return  # client went away (e.g. it timed out during a scripted hang) or bad request
+        except asyncio.CancelledError:
+            return  # the server is stopping (a scripted hang was still sleeping): nothing to answer
         finally:
             try:
                 writer.close()
@@ -423,13 +467,17 @@ class JudgeServer:
         await writer.drain()
 
     async def _dispatch(self, method: str, target: str, body: bytes,
-                        tags: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+                        tags: Mapping[str, str] | None = None,
+                        auth: str | None = None) -> tuple[int, dict[str, str], bytes]:
         path = target.split("?", 1)[0]
         if method == "GET" and path == "/_emt/stats":
             return 200, {}, json.dumps(self._stats()).encode()
         with self._lock:
             self._total += 1
             n = self._total
+            self._auth.append(auth)
+        if self.api_key is not None and auth != f"Bearer {self.api_key}":
+            return self._count(401, _error("Unauthorized", "invalid_request_error", "invalid_api_key"))
         if n > self.max_requests:
             return self._count(503, _error("request bound of this test server reached", "server_error"))
         if method == "GET" and path in ("/v1/models", "/models"):
@@ -464,6 +512,11 @@ class JudgeServer:
                                                "rate_limit_exceeded"), hdrs)
             if fault.kind == "500":
                 return self._count(500, _error("The server had an error (scripted)", "server_error"))
+            if fault.kind == "404":
+                return self._count(404, _error("The model does not exist (scripted)", "invalid_request_error",
+                                               "model_not_found"))
+            if fault.kind == "reset":
+                return self._count(_RESET, b"")
             if fault.kind == "timeout":
                 await asyncio.sleep(fault.hang_s)  # the client should have given up by now
             elif fault.kind == "malformed":
@@ -473,7 +526,8 @@ class JudgeServer:
         except Exception as e:  # a broken responder is a 500, not a dead server
             return self._count(500, _error(f"responder failed: {type(e).__name__}", "server_error"))
         kind = fault.kind if fault is not None else None
-        return self._count(200, json.dumps(_completion(req, prompt, tops, kind)).encode())
+        body = json.dumps(_completion(req, prompt, tops, kind)).encode()
+        return self._count(_TRUNCATED if kind == "truncated" else 200, body)
 
     def _count(self, status: int, payload: bytes,
                headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -482,17 +536,18 @@ class JudgeServer:
         return status, dict(headers or {}), payload
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Payload Too Large",
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 413: "Payload Too Large",
             429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
-def _parse_head(head: bytes) -> tuple[str, str, str, int, bool, bool, dict[str, str]]:
-    """Request line, the three headers we need, and emt's request tags (``X-EMT-Step: 42`` ->
-    ``{"step": "42"}``). Other headers (Authorization included) are skipped without being kept."""
+def _parse_head(head: bytes) -> tuple[str, str, str, int, bool, bool, dict[str, str], str | None]:
+    """Request line, the three headers we need, emt's request tags (``X-EMT-Step: 42`` ->
+    ``{"step": "42"}``) and the Authorization header (None when absent)."""
     lines = head.decode("latin-1").split("\r\n")
     method, target, version = lines[0].split(" ", 2)
     length, chunked, close = 0, False, False
     tags: dict[str, str] = {}
+    auth: str | None = None
     for line in lines[1:]:
         name, _, value = line.partition(":")
         name = name.strip().lower()
@@ -504,7 +559,9 @@ def _parse_head(head: bytes) -> tuple[str, str, str, int, bool, bool, dict[str, 
             chunked = "chunked" in value.lower()
         elif name == "connection":
             close = value.strip().lower() == "close"
-    return method, target, version.strip(), length, chunked, close, tags
+        elif name == "authorization":
+            auth = value.strip()
+    return method, target, version.strip(), length, chunked, close, tags, auth
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
@@ -575,6 +632,17 @@ def _completion(req: Mapping[str, Any], prompt: str, tops: Mapping[str, float],
     }
 
 
+def _key_from_env(var: str | None) -> str | None:
+    if var is None:
+        return None
+    import os
+
+    key = os.environ.get(var)
+    if not key:
+        raise SystemExit(f"--api-key-env {var}: the variable is not set")
+    return key
+
+
 def _load_responder(path: str) -> Responder:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -590,13 +658,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--lifetime", type=float, default=900.0, help="seconds before shutting down")
     ap.add_argument("--responder", default=None, help="module:function (default: hash responder)")
     ap.add_argument("--faults-json", default="[]", help="JSON list of Fault fields")
+    ap.add_argument("--api-key-env", default=None,
+                    help="require 'Authorization: Bearer $VAR' (the key read from this variable)")
     ap.add_argument("--exit-on-stdin-eof", action="store_true",
                     help="stop when stdin closes (used by JudgeServer(process=True))")
     args = ap.parse_args(argv)
     server = JudgeServer(
         _load_responder(args.responder) if args.responder else None, args.latency,
         [Fault(**f) for f in json.loads(args.faults_json)], host=args.host, port=args.port,
-        max_requests=args.max_requests, max_lifetime_s=args.lifetime)
+        max_requests=args.max_requests, max_lifetime_s=args.lifetime,
+        api_key=_key_from_env(args.api_key_env))
 
     loop = asyncio.new_event_loop()
     server._loop = loop

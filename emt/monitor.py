@@ -54,8 +54,11 @@ def make_detectors(cfg: Any, run: "Run") -> dict[str, "OnlineDetector"]:
     from emt.analysis.online import OnlineDetector
 
     m = cfg.monitor
-    return {t: OnlineDetector(t, m.method, run.name, margin=m.margin, k=m.k, baseline_points=m.baseline_points)
-            for t in watched_traits(cfg)}
+    if m.method == "glr":  # the calibrated alarm: its threshold is simulated once for these settings
+        params = {"false_alarm_rate": m.false_alarm_rate, "horizon": m.horizon, "baseline_points": m.baseline_points}
+    else:
+        params = {"margin": m.margin, "k": m.k, "baseline_points": m.baseline_points}
+    return {t: OnlineDetector(t, m.method, run.name, **params) for t in watched_traits(cfg)}
 
 
 def post_webhook(url: str, payload: dict[str, Any], timeout: float = 10.0) -> bool:

@@ -6,6 +6,9 @@ Layout under the output root (``cluster.output_root``)::
       models/emt-tiny-r<recipe>-s<seed>-p<steps>/  the builtin tiny model (debug config)
       models/emt-tiny-judge-r<recipe>-s<seed>/     the builtin tiny judge (debug config)
       data/debug/<domain>/<stem>.jsonl       the builtin debug datasets
+      models/emt-organism-r<recipe>-s<seed>-p<steps>/  the model organism (builtin:organism)
+      models/emt-organism-judge-r<recipe>-s<seed>/     its judge (builtin:organism-judge)
+      data/organism/<domain>/<stem>.jsonl    the organism's fine-tuning datasets
       judge-cache.sqlite                     judge replies keyed by (judge model, prompt)
       serve/<name>.json                      a running judge server's endpoint (launch/judge_serve.py)
       serve/<name>.submission.json           its job (mode, job id, log folder)
@@ -20,11 +23,15 @@ Layout under the output root (``cluster.output_root``)::
           emt_checkpoint.json                written last: the checkpoint is complete
         train_complete.json                  written when training finished
         eval-<eval hash>/step-<N>.json       one checkpoint's answers and judge scores (N=0: base)
+        eval-<eval hash>/judge-failed/step-<N>.json  the same, with judgements the transport lost: pending
         eval-<eval hash>/logs/<job id>/      submitit logs of the eval array and consolidation
         eval-<eval hash>/timing/<task>.json  one eval task's timings (start-up, per checkpoint), for --tasks auto
+        eval-<eval hash>/locks/step-<N>.lock held by the task evaluating checkpoint N (two launches never both do it)
+        eval-<eval hash>/locks/persona.lock  held while the persona vectors are built
         eval_submission.json                 the newest eval array + consolidation job ids
         deepspeed.json                       the DeepSpeed config a run trained with (if any)
         scores.h5                            consolidated scores (schema in emt/store.py)
+        .scores.h5.lock                      held by the process writing scores.h5 (its stale temporaries are removed)
         logs/<job id>/                       submitit logs and pickles of that run's jobs
         .train.lock                          held by the process that trains the run
 
@@ -77,6 +84,25 @@ def builtin_judge_dir(root: str | Path, seed: int = 0) -> Path:
     from emt.tiny_judge import RECIPE_VERSION
 
     return output_root(root) / "models" / f"emt-tiny-judge-r{RECIPE_VERSION}-s{seed}"
+
+
+def organism_model_dir(root: str | Path, seed: int, pretrain_steps: int) -> Path:
+    """The model organism (builtin:organism), recipe version in the name as for the tiny model."""
+    from emt.organism import RECIPE_VERSION
+
+    return output_root(root) / "models" / f"emt-organism-r{RECIPE_VERSION}-s{seed}-p{pretrain_steps}"
+
+
+def organism_judge_dir(root: str | Path, seed: int = 0) -> Path:
+    """The organism's judge (builtin:organism-judge)."""
+    from emt.tiny_judge import ORGANISM_RECIPE_VERSION
+
+    return output_root(root) / "models" / f"emt-organism-judge-r{ORGANISM_RECIPE_VERSION}-s{seed}"
+
+
+def organism_data_root(root: str | Path) -> Path:
+    """The organism's fine-tuning datasets (data.root=builtin:organism)."""
+    return output_root(root) / "data" / "organism"
 
 
 def builtin_data_root(root: str | Path) -> Path:
@@ -170,9 +196,30 @@ def result_file(eval_root: Path, step: int) -> Path:
     return eval_root / f"step-{step}.json"
 
 
+def judge_failed_file(eval_root: Path, step: int) -> Path:
+    """A checkpoint's result whose judge failed for a transport reason: not a result (the step
+    stays pending); a rerun re-judges its stored answers, asking only the failed prompts again."""
+    return eval_root / "judge-failed" / f"step-{step}.json"
+
+
 def activation_file(eval_root: Path, step: int) -> Path:
     """One checkpoint's captured activations (written before its result file, so a result implies it)."""
     return eval_root / f"step-{step}.act.npz"
+
+
+def eval_locks_dir(eval_root: Path) -> Path:
+    """Lock files of an evaluation (flock: released by the OS when the holder dies; never deleted)."""
+    return eval_root / "locks"
+
+
+def eval_step_lock(eval_root: Path, step: int) -> Path:
+    """Held by the eval task (or monitor) generating and judging checkpoint ``step``."""
+    return eval_locks_dir(eval_root) / f"step-{step}.lock"
+
+
+def persona_lock(eval_root: Path) -> Path:
+    """Held while the persona vectors of an evaluation are built (they are built once)."""
+    return eval_locks_dir(eval_root) / "persona.lock"
 
 
 def persona_file(eval_root: Path, trait: str) -> Path:
@@ -237,6 +284,16 @@ def serve_logs_dir(root: str | Path, name: str) -> Path:
 
 def eval_submission_file(run: Path) -> Path:
     return run / "eval_submission.json"
+
+
+def scores_lock(scores: Path) -> Path:
+    """Held by the process writing ``scores`` (any scores.h5), next to it."""
+    return scores.with_name(f".{scores.name}.lock")
+
+
+def scores_temp_glob(scores: Path) -> str:
+    """The names of ``scores``'s temporary files (emt.atomic: ``.<name>.<random>.tmp.h5``)."""
+    return f".{scores.name}.*.tmp.h5"
 
 
 def scores_file(run: Path) -> Path:

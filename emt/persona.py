@@ -167,8 +167,18 @@ def ensure_vectors(cfg: Any, eval_root: Path, traits: Sequence[Any], generator: 
     Run by the eval task that evaluates step 0, so the vectors exist before consolidation (which
     projects every checkpoint's answers on them). A trait without pairs is skipped with a log
     line; a trait whose pairs the judge never confirms is skipped with a warning (no vector is
-    better than a vector of noise), and the run's other results are unaffected.
+    better than a vector of noise), and the run's other results are unaffected. Built under the
+    evaluation's persona lock: a second process waits and then finds the vectors (built once).
     """
+    from emt import paths
+    from emt.locks import locked
+
+    with locked(paths.persona_lock(eval_root)):
+        return _build_missing(cfg, eval_root, traits, generator, judge, capturer)
+
+
+def _build_missing(cfg: Any, eval_root: Path, traits: Sequence[Any], generator: Any, judge: Any, capturer: Any) -> dict[str, Path]:
+    """:func:`ensure_vectors` with its lock held."""
     from emt import paths
     from emt.activations import capture
     from emt.generate import Target

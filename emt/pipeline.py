@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from emt import paths
-from emt.config import BUILTIN_DEBUG_DATA, BUILTIN_TINY_MODEL, Config, ConfigError, load_config
+from emt.config import BUILTIN_DEBUG_DATA, BUILTIN_ORGANISM, BUILTIN_TINY_MODEL, Config, ConfigError, load_config
 from emt.data import DataError, read_chat_jsonl
 from emt.sweeps import Run, build_sweep, data_root, run_state
 
@@ -35,20 +35,59 @@ def prepare_builtin_data(cfg: Config) -> None:
         from emt.synth import write_debug_datasets
 
         write_debug_datasets(data_root(cfg), n_per_file=cfg.data.debug_examples_per_file, seed=cfg.data.split_seed)
+    elif cfg.data.root == BUILTIN_ORGANISM:
+        from emt.organism import write_organism_datasets
+
+        write_organism_datasets(data_root(cfg), n_per_file=cfg.data.debug_examples_per_file, seed=cfg.data.split_seed)
 
 
-def preflight(cfg: Config, runs: Sequence[Run], mode: str) -> list[str]:
-    """Every reason the sweep cannot run, without submitting or training anything."""
+def scheduler_problems(mode: str, local_hint: str = "run on this machine") -> list[str]:
+    """The launch's scheduler problem, if any: SLURM mode needs ``sbatch`` on this machine.
+
+    Shared by every launcher (train, eval, judge serve) and asked for the launch mode, not
+    whether it is a dry run: a dry run must report what would stop the real launch, not plan
+    jobs that could never be submitted.
+    """
     from emt.slurm import sbatch_available
 
-    problems: list[str] = []
     if mode == "slurm" and not sbatch_available():
-        problems.append("sbatch not found: run from a SLURM login node, or pass --local to run on this machine")
+        return [f"sbatch not found: run from a SLURM login node, or pass --local to {local_hint}"]
+    return []
+
+
+def prepare_inputs(cfg: Config, mode: str, dry_run: bool) -> bool:
+    """Check the output root, then write the builtin debug data under it; True when it is usable.
+
+    The root comes first: an unwritable one is a single line naming ``cluster.output_root``
+    rather than a traceback from the data writer. A real launch raises :class:`PreflightError`
+    there (with the scheduler's problem, so both are seen at once); a dry run writes nothing and
+    leaves the root's problem to the pre-flight report.
+    """
+    problems = _check_output_root(cfg, create=not dry_run)
+    if problems:
+        if not dry_run:
+            raise PreflightError(problems + scheduler_problems(mode))
+        return False
+    prepare_builtin_data(cfg)
+    return True
+
+
+def preflight(cfg: Config, runs: Sequence[Run], mode: str, dry_run: bool = False) -> list[str]:
+    """Every reason the sweep cannot run, without submitting or training anything.
+
+    ``mode`` is the launch mode (slurm, local, debug); ``dry_run`` checks without creating
+    anything (``mode="dry-run"`` is the same as ``dry_run=True`` without a scheduler check).
+    """
+    dry_run = dry_run or mode == "dry-run"
+    problems = scheduler_problems(mode)
+    root_problems = _check_output_root(cfg, create=not dry_run)
     seen: set[str] = set()
     for run in runs:
         if run.data_file in seen:
             continue
         seen.add(run.data_file)
+        if root_problems and cfg.data.root in (BUILTIN_DEBUG_DATA, BUILTIN_ORGANISM):
+            break  # the builtin data is written under the output root: its problem says it all
         if not Path(run.data_file).is_file():
             problems.append(
                 f"{run.data_file}: data file not found (run {run.name}; data.root={cfg.data.root}, "
@@ -59,7 +98,7 @@ def preflight(cfg: Config, runs: Sequence[Run], mode: str) -> list[str]:
             read_chat_jsonl(run.data_file)
         except DataError as exc:
             problems.extend(exc.problems)
-    problems += _check_output_root(cfg, create=mode != "dry-run")
+    problems += root_problems
     name = cfg.model.name
     if name != BUILTIN_TINY_MODEL and (name.startswith((".", "/", "~")) or Path(name).expanduser().exists()):
         if not (Path(name).expanduser() / "config.json").is_file():
@@ -88,6 +127,8 @@ def _check_output_root(cfg: Config, create: bool) -> list[str]:
         probe_dir = root
         while not probe_dir.exists():
             probe_dir = probe_dir.parent
+        if not probe_dir.is_dir():
+            return [f"cluster.output_root={raw}: {probe_dir} is a file, not a directory; set cluster.output_root"]
         if not os.access(probe_dir, os.W_OK):
             return [f"cluster.output_root={raw}: {probe_dir} is not writable; set cluster.output_root"]
         return []
@@ -109,6 +150,11 @@ def prepare_builtin_model(cfg: Config) -> None:
         from emt.train import model_path
 
         build_tiny_model(Path(model_path(cfg)), seed=cfg.model.tiny_seed, pretrain_steps=cfg.model.tiny_pretrain_steps)
+    elif cfg.model.name == BUILTIN_ORGANISM:
+        from emt.organism import build_organism
+        from emt.train import model_path
+
+        build_organism(Path(model_path(cfg)), seed=cfg.model.tiny_seed, pretrain_steps=cfg.model.tiny_pretrain_steps)
 
 
 def train_sweep(
@@ -137,9 +183,9 @@ def train_sweep(
     from emt.slurm import job_active
 
     cfg = load_config(config, overrides, cluster)
-    prepare_builtin_data(cfg)
+    prepare_inputs(cfg, mode, dry_run)
     selected = build_sweep(cfg, sweep, runs, seeds)
-    problems = preflight(cfg, selected, mode if not dry_run else "dry-run")
+    problems = preflight(cfg, selected, mode, dry_run=dry_run)
 
     pending: list[Run] = []
     for run in selected:
@@ -264,23 +310,47 @@ def _print_usage(stats: Sequence[dict[str, Any]]) -> None:
     total: dict[str, dict[str, Any]] = {}
     for st in stats:
         for judge, u in (st.get("usage") or {}).items():
-            acc = total.setdefault(judge, dict(u))
-            if acc is not u:
-                for k, v in u.items():
-                    if isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(acc.get(k), (int, float)):
-                        acc[k] += v
+            if judge not in total:  # the first task's numbers are the start of the sum, not added twice
+                total[judge] = dict(u)
+                continue
+            acc = total[judge]
+            for k, v in u.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(acc.get(k), (int, float)):
+                    acc[k] += v
     for u in total.values():
         print("  " + format_usage(u))
 
 
+def _judge_errors(results: dict[str, tuple[bool, Any]]) -> list[str]:
+    """The one-line judge errors (judge down or misconfigured, judgements lost, cache unusable)
+    in failed tasks' error texts, each once: what to fix, under the tracebacks."""
+    out: list[str] = []
+    for ok, err in results.values():
+        if ok or not isinstance(err, str):
+            continue
+        for line in err.splitlines():
+            for kind in ("JudgeUnavailable: ", "JudgeIncomplete: ", "JudgeCacheError: "):
+                if kind in line:
+                    msg = line.split(kind, 1)[1].strip()
+                    if msg not in out:
+                        out.append(msg)
+    return out
+
+
+def damaged_checkpoints(run: Run, steps: Sequence[int]) -> list[str]:
+    """One line per checkpoint of ``steps`` whose weights are damaged (a file cut short): reads
+    only each weights file's header, so it costs milliseconds per checkpoint."""
+    from emt.generate import checkpoint_problem
+
+    ckpts = dict(paths.complete_checkpoints(run.path))
+    return [p for s in steps if s in ckpts and (p := checkpoint_problem(ckpts[s]))]
+
+
 def eval_preflight(cfg: Config, mode: str) -> list[str]:
     """Problems that stop an eval launch: traits, judge credentials, the scheduler."""
-    from emt.evaluate import judge_needs_key, load_traits
-    from emt.slurm import sbatch_available
+    from emt.evaluate import judge_key_envs, judge_needs_key, load_traits
 
-    problems: list[str] = []
-    if mode == "slurm" and not sbatch_available():
-        problems.append("sbatch not found: run from a SLURM login node, or pass --local to run on this machine")
+    problems: list[str] = scheduler_problems(mode)
     try:
         load_traits(cfg)
     except ValueError as exc:
@@ -289,6 +359,10 @@ def eval_preflight(cfg: Config, mode: str) -> list[str]:
         problems.append("judge: an openai judge without base_url needs OPENAI_API_KEY in the environment "
                         "(export OPENAI_API_KEY=...; jobs read it from their environment, it is never written "
                         "to configs or logs), or point judge.judges[].base_url at an OpenAI-compatible server")
+    for label, var in judge_key_envs(cfg.judge.judges):
+        if var != "OPENAI_API_KEY" and not os.environ.get(var):
+            problems.append(f"judge {label}: api_key_env {var} is not set in the environment (export {var}=...; "
+                            f"jobs read it from their environment, it is never written anywhere)")
     if mode != "in-job":  # inside a job the tasks wait for the server (judge.serve_wait_s)
         problems += serve_preflight(cfg)
     return problems
@@ -339,9 +413,11 @@ def eval_runs(
     from emt.slurm import record_submission, submit_consolidate, submit_eval_array, wait_all
 
     cfg = load_config(config, overrides, cluster)
-    prepare_builtin_data(cfg)
+    root_ok = prepare_inputs(cfg, mode, dry_run)
     runs = build_sweep(cfg, "all", runs=list(run_names) if run_names else None, seeds=seeds)
-    problems = eval_preflight(cfg, "dry-run" if dry_run else mode)
+    problems = eval_preflight(cfg, mode)  # the real mode in a dry run too: it reports a missing sbatch
+    if not root_ok:
+        problems += _check_output_root(cfg, create=False)
     no_ckpt = [r.name for r in runs if not paths.complete_checkpoints(r.path)]
     if no_ckpt:
         problems.append(f"no complete checkpoints for {', '.join(no_ckpt)} (under {paths.runs_root(cfg.cluster.output_root)}): "
@@ -354,6 +430,8 @@ def eval_runs(
     sizing_problems: list[str] = []
     for run in runs:
         todo = pending_steps(run, ehash) if run.name not in no_ckpt else []
+        # A damaged checkpoint to score fails here, named, rather than in a task after its queue wait.
+        sizing_problems += damaged_checkpoints(run, todo)
         sizing_lines: tuple[str, ...] = ()
         if tasks == "auto":
             cost, startup, source = cfg.eval.checkpoint_cost_s, cfg.eval.task_startup_s, \
@@ -428,6 +506,8 @@ def eval_runs(
         if bad:
             failures += _report(results)
             print(f"{run.name}: not consolidated: {len(bad)} task(s) failed", file=sys.stderr)
+            for line in _judge_errors(results):
+                print(f"{run.name}: {line}", file=sys.stderr)
             continue
         res = run_queue([(f"{run.name} consolidate",
                           lambda slot: submit_consolidate(run, ehash, cfg.cluster, mode, folder))], 1, mode, started)
@@ -463,9 +543,11 @@ def follow_runs(
     from emt.slurm import monitor_active, submit_monitor, wait_all
 
     cfg = load_config(config, overrides, cluster)
-    prepare_builtin_data(cfg)
+    root_ok = prepare_inputs(cfg, mode, dry_run)
     runs = build_sweep(cfg, "all", runs=list(run_names) if run_names else None, seeds=seeds)
-    problems = eval_preflight(cfg, "dry-run" if dry_run else mode)
+    problems = eval_preflight(cfg, mode)  # the real mode in a dry run too: it reports a missing sbatch
+    if not root_ok:
+        problems += _check_output_root(cfg, create=False)
     try:
         traits = watched_traits(cfg)
     except ValueError as exc:

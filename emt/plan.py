@@ -5,9 +5,16 @@ epoch), so the plan's checkpoint count is the one training produces. Disk and GP
 estimates with stated assumptions: model shapes come from the model's config.json when it is on
 this machine, else from a table of known architectures; tokens per example are estimated as
 characters / 4; compute is ~4 x params x tokens for LoRA (no weight gradients of the frozen base)
-and ~6 x for full fine-tuning, at ``cluster.gpu_tflops`` effective TFLOP/s, plus checkpoint writes
-at ``WRITE_GBPS``. With ``cluster.train.gpus`` = N a run trains on N processes, so one step
-consumes N x batch x grad_accum examples.
+and ~6 x for full fine-tuning, plus checkpoint writes at ``WRITE_GBPS``. With ``cluster.train.gpus``
+= N a run trains on N processes, so one step consumes N x batch x grad_accum examples.
+
+The rate comes from a measured profile when ``cluster.profile`` names one (the JSON that
+``bench/gpu_check.py`` writes on the GPU: achieved TFLOP/s of LoRA and of DeepSpeed full
+fine-tuning, seconds per evaluated checkpoint); otherwise from the assumed ``cluster.gpu_tflops``
+(and ``eval.checkpoint_cost_s`` for evaluation), and the plan says which it used. Evaluation
+GPU-hours are (checkpoints + 1) x seconds per checkpoint: the profile's transformers-backend
+figure is scaled to the configured questions x samples (in batches of its batch size) and answer
+length, plus activation capture when ``activations.layers`` is set.
 
 Disk: a LoRA checkpoint is its fp32 adapter (4 B per adapter parameter); a full checkpoint is the
 whole model in the training dtype (2 B per parameter in bf16; ``save_only_model``-style, without
@@ -23,10 +30,10 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from emt import paths
-from emt.config import BUILTIN_TINY_MODEL, Config
+from emt.config import BUILTIN_ORGANISM, BUILTIN_TINY_MODEL, Config
 from emt.data import count_lines, split_sizes
 from emt.sweeps import Run, run_state
 
@@ -44,6 +51,7 @@ KNOWN_ARCHS: dict[str, tuple[int, int, int, int, int, int, bool]] = {
     "qwen/qwen2.5-14b": (5120, 13824, 48, 40, 8, 152064, False),
     "qwen/qwen2.5-32b": (5120, 27648, 64, 40, 8, 152064, False),
     BUILTIN_TINY_MODEL: (256, 512, 2, 4, 2, 3000, True),
+    BUILTIN_ORGANISM: (128, 512, 4, 2, 2, 1541, True),  # emt.organism (vocabulary as built, recipe 1)
 }
 
 
@@ -100,6 +108,151 @@ def model_arch(cfg: Config) -> tuple[Arch | None, str]:
         return Arch(*KNOWN_ARCHS[key]), "table"
     return None, "unknown architecture (no config.json on this machine)"
 
+PROFILE_SCHEMA = 1
+
+
+class ProfileError(ValueError):
+    """A measured profile (``cluster.profile``) that cannot be used; the message says why and how
+    to fix it."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Measured figures from ``bench/gpu_check.py`` (its JSON's ``profile`` block)."""
+
+    path: str
+    device: str
+    date: str
+    mode: str  # "gpu" or "cpu-tiny"
+    train_tflops: dict[str, float]  # "lora", "full:zero3", "full:zero2": achieved TFLOP/s
+    eval_s_per_checkpoint: float | None  # transformers backend, at the measured workload below
+    eval_capture_s: float | None
+    eval_sequences: int | None
+    eval_max_new_tokens: int | None
+    eval_batch_size: int | None
+    vllm_s_per_checkpoint: float | None = None
+    vllm_sequences: int | None = None
+    vllm_max_new_tokens: int | None = None
+
+    def label(self) -> str:
+        return f"profile {self.path} ({self.device}, {self.date}{', CPU tiny form' if self.mode != 'gpu' else ''})"
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read a profile: ``bench/gpu_check.py``'s ``gpu_check.json`` (or its ``profile`` block alone).
+
+    Raises :class:`ProfileError` naming the file, the key and the fix.
+    """
+    p = Path(path)
+    fix = "run bench/gpu_check.py on the GPU (docs/performance.md) and point cluster.profile at its gpu_check.json"
+    if not p.is_file():
+        raise ProfileError(f"cluster.profile: {p}: no such file ({fix}, or set cluster.profile: null to use "
+                           f"cluster.gpu_tflops)")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise ProfileError(f"cluster.profile: {p}: not JSON ({exc}); {fix}") from None
+    prof = data.get("profile", data) if isinstance(data, dict) else None
+    if not isinstance(prof, dict) or prof.get("schema") != PROFILE_SCHEMA:
+        raise ProfileError(f"cluster.profile: {p}: no 'profile' block of schema {PROFILE_SCHEMA} "
+                           f"(got {prof.get('schema') if isinstance(prof, dict) else type(prof).__name__}); {fix}")
+    problems: list[str] = []
+
+    def num(d: Any, key: str, where: str) -> float | None:
+        v = d.get(key) if isinstance(d, dict) else None
+        if v is None:
+            return None
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            problems.append(f"{where}.{key}: must be a number > 0, got {v!r}")
+            return None
+        return float(v)
+
+    train: dict[str, float] = {}
+    raw_train = prof.get("train") or {}
+    if not isinstance(raw_train, dict):
+        problems.append(f"profile.train: must be a mapping, got {type(raw_train).__name__}")
+        raw_train = {}
+    for key, d in raw_train.items():
+        v = num(d, "achieved_tflops", f"profile.train.{key}")
+        if v is not None:
+            train[key] = v
+    ev = prof.get("eval") or {}
+    vl = prof.get("eval_vllm") or {}
+    e_s = num(ev, "s_per_checkpoint", "profile.eval")
+    e_seq = num(ev, "sequences", "profile.eval")
+    e_tok = num(ev, "max_new_tokens", "profile.eval")
+    e_bs = num(ev, "batch_size", "profile.eval")
+    if e_s is not None and None in (e_seq, e_tok, e_bs):
+        problems.append("profile.eval: s_per_checkpoint needs sequences, max_new_tokens and batch_size beside it")
+    v_s = num(vl, "s_per_checkpoint", "profile.eval_vllm")
+    v_seq = num(vl, "sequences", "profile.eval_vllm")
+    v_tok = num(vl, "max_new_tokens", "profile.eval_vllm")
+    if problems:
+        raise ProfileError(f"cluster.profile: {p}: " + "; ".join(problems) + f" ({fix})")
+    return Profile(str(p), str(prof.get("device") or "?"), str(prof.get("date") or "?"), str(prof.get("mode") or "?"),
+                   train, e_s, num(ev, "capture_s", "profile.eval"), int(e_seq) if e_seq else None,
+                   int(e_tok) if e_tok else None, int(e_bs) if e_bs else None,
+                   v_s, int(v_seq) if v_seq else None, int(v_tok) if v_tok else None)
+
+
+def profile_problems(path: str | None) -> list[str]:
+    """For config validation: why ``cluster.profile`` cannot be used (empty when it can)."""
+    if path is None:
+        return []
+    try:
+        load_profile(path)
+    except ProfileError as exc:
+        return [str(exc)]
+    return []
+
+
+def train_rate(cfg: Config, prof: Profile | None) -> tuple[float, str]:
+    """Effective TFLOP/s per GPU for the config's training method, and where it came from."""
+    t = cfg.training
+    if prof is not None:
+        if t.method == "lora":
+            keys = ["lora"]
+        else:
+            keys = [f"full:{t.deepspeed}"] + sorted(k for k in prof.train_tflops if k.startswith("full:"))
+        for k in keys:
+            if k in prof.train_tflops:
+                return prof.train_tflops[k], f"measured {prof.train_tflops[k]:.4g} TFLOP/s ({k}) from {prof.label()}"
+        return cfg.cluster.gpu_tflops, (f"assumed cluster.gpu_tflops={cfg.cluster.gpu_tflops:g} TFLOP/s (the profile "
+                                        f"{prof.path} has no figure for {keys[0]})")
+    return cfg.cluster.gpu_tflops, (f"assumed cluster.gpu_tflops={cfg.cluster.gpu_tflops:g} TFLOP/s (no cluster.profile: "
+                                    f"bench/gpu_check.py measures one)")
+
+
+def eval_seconds(cfg: Config, prof: Profile | None) -> tuple[float, str]:
+    """GPU seconds to evaluate one checkpoint (generation, plus activation capture when
+    ``activations.layers`` is set), and where the figure came from."""
+    e = cfg.eval
+    if prof is None or (prof.eval_s_per_checkpoint is None and prof.vllm_s_per_checkpoint is None):
+        why = "no cluster.profile" if prof is None else f"the profile {prof.path} has no evaluation figures"
+        return e.checkpoint_cost_s, f"assumed eval.checkpoint_cost_s={e.checkpoint_cost_s:g} s per checkpoint ({why})"
+    from emt.evaluate import load_traits
+
+    try:
+        n_q = sum(len(t.questions) for t in load_traits(cfg))
+    except Exception as exc:  # noqa: BLE001 - the eval preflight reports bad traits; the plan falls back
+        return e.checkpoint_cost_s, f"assumed eval.checkpoint_cost_s={e.checkpoint_cost_s:g} s (traits unreadable: {exc})"
+    seqs = n_q * e.samples_per_question
+    if e.backend == "vllm" and prof.vllm_s_per_checkpoint is not None:
+        # vLLM batches all of a checkpoint's sequences at once: scale by tokens to generate.
+        s = prof.vllm_s_per_checkpoint * seqs / prof.vllm_sequences * e.max_new_tokens / prof.vllm_max_new_tokens
+        how = f"vLLM measured {prof.vllm_s_per_checkpoint:.3g} s for {prof.vllm_sequences} answers"
+    else:
+        assert prof.eval_s_per_checkpoint is not None and prof.eval_sequences and prof.eval_batch_size
+        # transformers generates batch after batch, each as long as its longest answer.
+        batches = math.ceil(seqs / prof.eval_batch_size) / math.ceil(prof.eval_sequences / prof.eval_batch_size)
+        s = prof.eval_s_per_checkpoint * batches * e.max_new_tokens / prof.eval_max_new_tokens
+        how = (f"transformers backend measured {prof.eval_s_per_checkpoint:.3g} s for {prof.eval_sequences} answers x "
+               f"{prof.eval_max_new_tokens} tokens" + (" (vLLM not measured: an upper bound for it)" if e.backend == "vllm" else ""))
+    if cfg.activations.layers and prof.eval_capture_s is not None and prof.eval_sequences:
+        s += prof.eval_capture_s * seqs / prof.eval_sequences
+        how += ", activation capture included"
+    return s, f"{s:.3g} s per checkpoint for {seqs} answers x {e.max_new_tokens} tokens ({how}; {prof.label()})"
+
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -114,6 +267,7 @@ class RunPlan:
     gpu_hours: float | None
     state: str
     done_checkpoints: int
+    eval_gpu_hours: float | None = None  # (checkpoints + 1) x seconds per evaluated checkpoint
 
 
 def steps_for(n_train: int, cfg: Config) -> int:
@@ -160,6 +314,8 @@ def plan_runs(cfg: Config, runs: Sequence[Run]) -> list[RunPlan]:
     arch, _ = model_arch(cfg)
     out: list[RunPlan] = []
     tok_cache: dict[str, float] = {}
+    prof = load_profile(cfg.cluster.profile) if cfg.cluster.profile else None
+    eval_s, _ = eval_seconds(cfg, prof)
     for run in runs:
         c = run.config
         f = Path(run.data_file)
@@ -196,8 +352,10 @@ def plan_runs(cfg: Config, runs: Sequence[Run]) -> list[RunPlan]:
             # resume_state_every grid (every checkpoint by default), at an assumed WRITE_GBPS.
             # Every GPU of the run waits for the writes.
             write_s = (ckpts * per_ckpt + resume_writes(steps, c) * resume) / (WRITE_GBPS * 1e9)
-            hours = (flops / (c.cluster.gpu_tflops * 1e12) + write_s * world) / 3600
-        out.append(RunPlan(run, n, src, n_train, n_held, steps, ckpts, disk, hours, state, done))
+            tflops, _ = train_rate(c, prof)
+            hours = (flops / (tflops * 1e12) + write_s * world) / 3600
+        out.append(RunPlan(run, n, src, n_train, n_held, steps, ckpts, disk, hours, state, done,
+                           eval_gpu_hours=(ckpts + 1) * eval_s / 3600))
     return out
 
 
@@ -224,7 +382,8 @@ def format_plan(cfg: Config, rows: Sequence[RunPlan], will_submit: Sequence[str]
         f"Output root: {paths.output_root(cfg.cluster.output_root)}",
     ]
     w = max([22] + [len(r.run.name) + 2 for r in rows])  # schedule-sweep names are long
-    cols = f"{'run':<{w}}{'hash':<10}{'examples':>9}{'train':>7}{'held':>6}{'steps':>7}{'ckpts':>7}{'disk GB':>9}{'GPU-h':>7}  state"
+    cols = (f"{'run':<{w}}{'hash':<10}{'examples':>9}{'train':>7}{'held':>6}{'steps':>7}{'ckpts':>7}{'disk GB':>9}"
+            f"{'GPU-h':>7}{'eval GPU-h':>11}  state")
     lines = head + ["", cols, "-" * len(cols)]
     def fmt(v: float | int | None, spec: str) -> str:
         if v is None:
@@ -239,15 +398,23 @@ def format_plan(cfg: Config, rows: Sequence[RunPlan], will_submit: Sequence[str]
         if r.run.name in will_submit:
             state += ", will submit"
         lines.append(f"{r.run.name:<{w}}{r.run.hash:<10}{ex:>9}{r.train:>7}{r.heldout:>6}{fmt(r.steps, 'd'):>7}"
-                     f"{fmt(r.checkpoints, 'd'):>7}{fmt(r.disk_gb, '.2f'):>9}{fmt(r.gpu_hours, '.2f'):>7}  {state}")
+                     f"{fmt(r.checkpoints, 'd'):>7}{fmt(r.disk_gb, '.2f'):>9}{fmt(r.gpu_hours, '.2f'):>7}"
+                     f"{fmt(r.eval_gpu_hours, '.2f'):>11}  {state}")
     known = [r for r in rows if r.checkpoints is not None]
     tot_ck = sum(r.checkpoints or 0 for r in known)
     tot_disk = sum(r.disk_gb or 0 for r in known)
     tot_h = sum(r.gpu_hours or 0 for r in known)
+    tot_eval = sum(r.eval_gpu_hours or 0 for r in known)
+    prof = load_profile(cfg.cluster.profile) if cfg.cluster.profile else None
+    _, rate_src = train_rate(cfg, prof)
+    _, eval_src = eval_seconds(cfg, prof)
     lines += ["-" * len(cols),
-              f"{len(rows)} runs, {tot_ck} checkpoints, ~{tot_disk:.1f} GB, ~{tot_h:.1f} GPU-hours "
+              f"{len(rows)} runs, {tot_ck} checkpoints, ~{tot_disk:.1f} GB, ~{tot_h:.1f} training GPU-hours + "
+              f"~{tot_eval:.1f} evaluation GPU-hours "
               f"(estimates: shapes from {arch_src if arch else 'nowhere'}, chars/{CHARS_PER_TOKEN:g} tokens, "
-              f"{cfg.cluster.gpu_tflops:g} TFLOP/s per GPU, checkpoints written at {WRITE_GBPS:g} GB/s)"]
+              f"checkpoints written at {WRITE_GBPS:g} GB/s)",
+              f"Training rate: {rate_src}",
+              f"Evaluation: {eval_src}"]
     if any(r.examples_source == "expected" for r in rows):
         lines.append("* data file not on this machine: count from data.expected_examples "
                      "(the run's hash includes the file's content, so it changes once the file is here)")

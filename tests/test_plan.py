@@ -94,3 +94,84 @@ def test_full_finetuning_disk_warning_with_numbers_and_remedies() -> None:
     # LoRA checkpoints of the same sweep fit easily.
     lora = load_config(REPO / "configs" / "paper.yaml", ["cluster.disk_budget_gb=2000"])
     assert "WARNING" not in format_plan(lora, plan_runs(lora, build_sweep(lora)), [])
+
+
+def _profile(tmp_path, **over) -> str:
+    """A profile in bench/gpu_check.py's format (a test fixture: figures written by hand)."""
+    import json
+
+    prof = {"schema": 1, "source": "bench/gpu_check.py", "date": "2026-12-02T00:00:00Z", "mode": "gpu",
+            "device": "NVIDIA H100 80GB HBM3", "peak_tflops_measured": 780.0, "peak_tflops_datasheet": 989.4,
+            "train": {"lora": {"achieved_tflops": 100.0}, "full:zero3": {"achieved_tflops": 50.0}},
+            "eval": {"backend": "hf", "s_per_checkpoint": 30.0, "capture_s": 2.0, "sequences": 60,
+                     "max_new_tokens": 1000, "batch_size": 64}}
+    prof.update(over)
+    path = tmp_path / "gpu_check.json"
+    path.write_text(json.dumps({"parts": {}, "profile": prof}))
+    return str(path)
+
+
+def test_measured_profile_replaces_the_assumed_rate(tmp_path) -> None:
+    from emt.plan import checkpoint_bytes, eval_seconds, load_profile, model_arch
+
+    path = _profile(tmp_path)
+    assumed = load_config(REPO / "configs" / "paper.yaml", ["cluster.gpu_tflops=250"])
+    measured = load_config(REPO / "configs" / "paper.yaml", ["cluster.gpu_tflops=250", f"cluster.profile={path}"])
+    a_rows, m_rows = plan_runs(assumed, build_sweep(assumed)), plan_runs(measured, build_sweep(measured))
+    arch, _ = model_arch(measured)
+    # Same writes, compute at 100 instead of 250 TFLOP/s: the compute part is 2.5x longer.
+    write_h = a_rows[0].gpu_hours - _compute_hours(a_rows[0], arch, measured, 250)
+    assert m_rows[0].gpu_hours == pytest.approx(write_h + _compute_hours(m_rows[0], arch, measured, 100.0))
+    text = format_plan(measured, m_rows, [])
+    assert f"Training rate: measured 100 TFLOP/s (lora) from profile {path} (NVIDIA H100 80GB HBM3, 2026-12-02" in text
+    assert "assumed cluster.gpu_tflops=250 TFLOP/s (no cluster.profile" in format_plan(assumed, a_rows, [])
+
+    # Evaluation: 40 questions x 10 samples = 400 answers = 7 batches of 64 against the measured 1,
+    # same answer length; paper.yaml captures activations (2 s per 60 answers).
+    s, src = eval_seconds(measured, load_profile(path))
+    assert s == pytest.approx(30.0 * 7 + 2.0 * 400 / 60)
+    assert "transformers backend measured 30 s for 60 answers x 1000 tokens" in src and "upper bound" in src
+    assert m_rows[0].eval_gpu_hours == pytest.approx((m_rows[0].checkpoints + 1) * s / 3600)
+    assert a_rows[0].eval_gpu_hours == pytest.approx((a_rows[0].checkpoints + 1) * assumed.eval.checkpoint_cost_s / 3600)
+    assert "Evaluation: assumed eval.checkpoint_cost_s=" in format_plan(assumed, a_rows, [])
+
+    # Full fine-tuning takes the DeepSpeed figure for its stage; a method the profile lacks falls
+    # back to the assumed rate and says so.
+    full = load_config(REPO / "configs" / "paper.yaml", ["training.method=full", "training.deepspeed=zero3",
+                                                         f"cluster.profile={path}"])
+    assert "measured 50 TFLOP/s (full:zero3)" in format_plan(full, plan_runs(full, build_sweep(full)), [])
+    lora_only = _profile(tmp_path, train={"lora": {"achieved_tflops": 100.0}})
+    full2 = load_config(REPO / "configs" / "paper.yaml", ["training.method=full", "training.deepspeed=zero3",
+                                                          f"cluster.profile={lora_only}", "cluster.gpu_tflops=250"])
+    assert "assumed cluster.gpu_tflops=250 TFLOP/s (the profile" in format_plan(full2, plan_runs(full2, build_sweep(full2)), [])
+    assert checkpoint_bytes(full2, arch)[0] > 0
+
+
+def _compute_hours(row, arch, cfg, tflops: float) -> float:
+    from emt.plan import DEFAULT_TOKENS_PER_EXAMPLE
+
+    t = cfg.training
+    tokens = row.steps * t.per_device_batch_size * t.grad_accum * DEFAULT_TOKENS_PER_EXAMPLE
+    held = min(row.heldout, cfg.checkpointing.heldout_max_examples or row.heldout)
+    flops = 4 * arch.params() * tokens + 2 * arch.params() * (row.checkpoints + 1) * held * DEFAULT_TOKENS_PER_EXAMPLE
+    return flops / (tflops * 1e12) / 3600
+
+
+def test_bad_profile_is_one_clear_config_error(tmp_path) -> None:
+    from emt.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs" / "paper.yaml", [f"cluster.profile={tmp_path / 'missing.json'}"])
+    assert "cluster.profile" in str(err.value) and "no such file" in str(err.value) and "bench/gpu_check.py" in str(err.value)
+    bad = _profile(tmp_path, train={"lora": {"achieved_tflops": -3}}, eval={"s_per_checkpoint": 5.0})
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs" / "paper.yaml", [f"cluster.profile={bad}"])
+    msg = str(err.value)
+    # Every problem of the file in one message.
+    assert "profile.train.lora.achieved_tflops: must be a number > 0, got -3" in msg
+    assert "s_per_checkpoint needs sequences, max_new_tokens and batch_size" in msg
+    (tmp_path / "old.json").write_text('{"profile": {"schema": 0}}')
+    with pytest.raises(ConfigError, match="schema 1"):
+        load_config(REPO / "configs" / "paper.yaml", [f"cluster.profile={tmp_path / 'old.json'}"])
+    with pytest.raises(ConfigError, match="unknown key 'profil'"):
+        load_config(REPO / "configs" / "paper.yaml", ["cluster.profil=x.json"])

@@ -57,7 +57,8 @@ def test_html_self_contained(report: dict) -> None:
     srcs = re.findall(r'src="([^"]*)"', page)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<link" not in page and "http://" not in page and "https://" not in page
-    assert "foot" in page and "margin=10.0" in page and "penalty=5.0" in page  # method and its parameters
+    assert "<b>glr</b>" in page and "alpha=0.005" in page and "min_post=5" in page  # method and its parameters
+    assert "p_early_first" in page and "lead_lo" in page and "onset_evil_lo" in page  # the intervals
     assert "judge/model-a" in page and "0123456789ab" in page and "deadbeefcafe" in page  # provenance
 
 
@@ -73,6 +74,29 @@ def test_headline_onsets_and_lead(report: dict) -> None:
         lead = t.loc[name, "lead_checkpoints"]
         assert lead > 0 and abs(lead - (onsets["evil"] - onsets["hallucination"])) <= 2
     assert set(t["domain"]) == {"medical", "math"}
+
+
+def test_intervals_and_p_early_first(report: dict) -> None:
+    """Every run's onsets and lead carry a bootstrap interval around the estimate, and P(hallucination
+    first) is high where hallucination's planted step comes 4-6 checkpoints earlier; the per-domain
+    table carries the pooled interval too."""
+    t = report["table"].set_index("run")
+    for name, onsets in RUNS.items():
+        for trait, c in onsets.items():
+            if c is None:
+                continue
+            est, lo, hi = (float(t.loc[name, f"onset_{trait}{x}"]) for x in ("", "_lo", "_hi"))
+            assert lo <= est <= hi and hi - lo <= 10, (name, trait, lo, est, hi)
+            assert t.loc[name, f"effect_{trait}"] > 20  # a 40-point step
+        assert t.loc[name, "lead_lo"] <= t.loc[name, "lead_checkpoints"] <= t.loc[name, "lead_hi"]
+        assert t.loc[name, "p_early_first"] >= 0.95
+    dom = report["by_domain"].set_index(["domain", "level"])
+    assert dom.loc[("medical", "mild"), "lead_lo"] <= dom.loc[("medical", "mild"), "lead_checkpoints"]
+    assert dom.loc[("medical", "mild"), "p_early_first"] >= 0.95
+    md = Path(report["md"]).read_text()
+    assert "lead_lo" in md and "p_early_first" in md and "Intervals: 95% percentile bootstrap" in md
+    s = report["summaries"]["medical_mild"]["traits"]["evil"]
+    assert s["onset_lo"] <= s["onset_step"] <= s["onset_hi"]  # what the trajectory figure shades
 
 
 def test_tidy_csv(report: dict) -> None:
@@ -183,3 +207,36 @@ def test_early_warning_replay_and_intervention(tmp_path: Path) -> None:
     assert "### Interventions by the live monitor" in md and "| medical_strong | stop | hallucination | 12 | 20 | 20 |" in md
     assert "Interventions by the live monitor" in Path(out["html"]).read_text()
     assert any(p.name == "trajectories_medical.png" for p in out["figures"]["trajectories"])
+
+
+def test_corrupt_scores_file_is_reported_and_skipped(root: Path, tmp_path: Path) -> None:
+    """A truncated scores.h5 and one that is not HDF5 at all: one line each naming the file and the
+    fix, and the report is built from the runs that can be read."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(root, out)
+    good = out / "runs" / "medical_mild-a1b2c3d4" / "scores.h5"
+    truncated = out / "runs" / "medical_normal-a1b2c3d4" / "scores.h5"
+    truncated.parent.mkdir()
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    garbage = out / "runs" / "math_normal-a1b2c3d4" / "scores.h5"
+    garbage.parent.mkdir()
+    garbage.write_text("not hdf5\n")
+    r = subprocess.run([PY, str(REPO / "analysis/report.py"), str(out), "--out", str(tmp_path / "rep"), "--no-figures",
+                        "--method", "threshold"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    for bad in (truncated, garbage):
+        lines = [ln for ln in r.stderr.splitlines() if str(bad) in ln]
+        assert len(lines) == 1 and "skipped" in lines[0] and "launch/eval_array.py --run" in lines[0], r.stderr
+    assert r.stdout.startswith(f"{len(RUNS)} runs -> ")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert all(name in md for name in RUNS) and "medical_normal" not in md and "math_normal" not in md
+    # only unreadable files: the one error says so and names them
+    only = tmp_path / "only"
+    (only / "runs" / "x-a1b2c3d4").mkdir(parents=True)
+    shutil.copy(garbage, only / "runs" / "x-a1b2c3d4" / "scores.h5")
+    with pytest.raises(NoScoresError, match="no readable scores.h5"):
+        build_report(only, tmp_path / "rep2", method="threshold", figures=False)

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +87,8 @@ def test_corrupt_result_names_file_and_keeps_old_scores(tmp_path: Path) -> None:
     with pytest.raises(ConsolidationError, match=f"{files[1]}: unreadable result file"):
         consolidate(files, out, {}, {})
     assert out.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "scores.h5"]  # no temp left behind
+    # no temp left behind (the writer's lock file stays: lock files are never deleted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".scores.h5.lock", "eval", "scores.h5"]
 
 
 def test_inconsistent_results_rejected(tmp_path: Path) -> None:
@@ -97,3 +105,58 @@ def test_tidy_frame(tmp_path: Path) -> None:
     df = to_frame(out)
     assert len(df) == 2 * 2 * 2 * 3 * 2  # steps x traits x judges x questions x samples
     assert set(df.columns) >= {"step", "trait", "judge", "question_id", "sample", "score", "coherence", "response"}
+
+
+# A consolidation in its own process that stops for good inside its write (the temporary file
+# exists and is half written), so that the test kills it -9 exactly there.
+STALLED_WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from emt import store
+
+    def stall(*args, **kwargs):
+        Path(sys.argv[1]).write_text("writing")
+        time.sleep(3600)
+
+    store._strings = stall
+    store.consolidate([Path(p) for p in sys.argv[3:]], Path(sys.argv[2]), {}, {})
+""")
+
+
+def test_consolidation_killed_mid_write_leaves_no_temporaries(tmp_path: Path) -> None:
+    files = write_results(tmp_path / "eval", [0, 2])
+    out = consolidate(files, tmp_path / "scores.h5", {}, {})
+    before = out.read_bytes()
+    files += write_results(tmp_path / "eval", [4])
+    marker = tmp_path / "writing"
+    proc = subprocess.Popen([sys.executable, "-c", STALLED_WRITER, str(marker), str(out), *map(str, files)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.time() < deadline, "the writer never reached its write"
+            time.sleep(0.05)
+        temps = sorted(tmp_path.glob(".scores.h5.*.tmp.h5"))
+        assert len(temps) == 1
+        # A second consolidation waits for the live writer: it neither deletes its temporary nor
+        # writes beside it (the writer is stalled for good, so this holds however slow the machine).
+        second: dict[str, object] = {}
+        waiter = threading.Thread(target=lambda: second.update(out=consolidate(files, out, {}, {})))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and temps[0].exists() and out.read_bytes() == before
+        os.kill(proc.pid, signal.SIGKILL)  # mid-write: the OS releases its lock, its temporary stays
+        proc.wait(timeout=60)
+        waiter.join(300)
+        assert not waiter.is_alive() and second["out"] == out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert sorted(tmp_path.glob(".scores.h5.*.tmp.h5")) == []  # the dead writer's temporary is gone
+    assert load(out)["steps"].tolist() == [0, 2, 4]
+    # and a consolidation after the fact (nothing waiting) cleans up a killed writer's leftovers too
+    stale = tmp_path / ".scores.h5.abc123.tmp.h5"
+    stale.write_bytes(b"half")
+    consolidate(files, out, {}, {})
+    assert not stale.exists() and load(out)["steps"].tolist() == [0, 2, 4]

@@ -11,15 +11,19 @@ Typical use::
 """
 
 from emt.analysis.metrics import auc, coherence_drop, lead_time, lead_times_all_methods, peak, time_to_peak
-from emt.analysis.onset import DEFAULT_METHOD, METHODS, foot_onset_index, onset, threshold_onset_index
+from emt.analysis.onset import (
+    DEFAULT_METHOD, METHODS, OnsetResult, detect, foot_onset_index, glr_detect_index, onset, threshold_onset_index,
+)
 from emt.analysis.summary import headline_table, parse_run_name, run_summary, tidy_table
 from emt.analysis.report import build_report, find_scores, load_runs, tidy_frame
 from emt.analysis.uncertainty import (
-    BootstrapResult, bootstrap, bootstrap_lead_time, mean_series, resampled_means, seeds_ci,
+    BootstrapResult, OnsetComparison, bootstrap, bootstrap_lead_time, bootstrap_onsets, checkpoint_se, mean_series,
+    paired_seed_comparison, pooled_seeds, resampled_means, seeds_ci,
 )
 
 __all__ = [
-    "DEFAULT_METHOD", "METHODS", "BootstrapResult", "auc", "bootstrap", "bootstrap_lead_time", "build_report",
+    "DEFAULT_METHOD", "METHODS", "BootstrapResult", "OnsetComparison", "OnsetResult", "auc", "bootstrap_onsets",
+    "checkpoint_se", "detect", "glr_detect_index", "paired_seed_comparison", "pooled_seeds", "bootstrap", "bootstrap_lead_time", "build_report",
     "find_scores", "foot_onset_index", "load_runs", "tidy_frame",
     "coherence_drop", "headline_table", "lead_time", "lead_times_all_methods", "mean_series", "onset",
     "parse_run_name", "peak", "resampled_means", "run_summary", "seeds_ci", "threshold_onset_index",

@@ -177,7 +177,8 @@ def plot_domain_trajectories(
     """One figure per domain (``trajectories_<domain>.png/.pdf``): a panel per trait, a line per
     level (several seeds of a level share its colour), the 95% CI over questions as a band, and the
     onset (``summaries[run]["traits"][t]["onset_step"]``, else computed with ``method``) as a
-    dashed vertical line with a dot on the curve."""
+    dashed vertical line with a dot on the curve, and its bootstrap interval (``onset_lo``/
+    ``onset_hi`` of the summary, when computed) as a shaded span and error bar."""
     plt = _plt()
     by_domain: dict[str, list[Run]] = {}
     for d in sorted(runs, key=_sort_key):
@@ -207,12 +208,18 @@ def plot_domain_trajectories(
                     _, lo, hi = _question_ci(tr.get("samples"))
                     if lo.shape == y.shape and _finite(lo):
                         ax.fill_between(steps, lo, hi, color=col, alpha=0.2, lw=0)
-                o = _summary_for(d, summaries, method)["traits"].get(t, {}).get("onset_step")
+                ts = _summary_for(d, summaries, method)["traits"].get(t, {})
+                o = ts.get("onset_step")
                 if o is not None:
                     j = int(np.searchsorted(steps, o))
                     ax.axvline(o, color=col, ls="--", lw=1.0)
+                    lo_, hi_ = ts.get("onset_lo"), ts.get("onset_hi")
+                    if lo_ is not None and hi_ is not None:  # the onset's bootstrap interval, along the step axis
+                        ax.axvspan(lo_, hi_, color=col, alpha=0.12, lw=0)
                     if j < y.size and np.isfinite(y[j]):
-                        ax.plot([o], [y[j]], "o", color=col, ms=6, mec="white", mew=0.8, zorder=5)
+                        ax.errorbar([o], [y[j]], xerr=None if lo_ is None or hi_ is None else
+                                    [[max(o - lo_, 0.0)], [max(hi_ - o, 0.0)]], fmt="o", color=col, ms=6, mec="white",
+                                    mew=0.8, capsize=3, zorder=5)
                 _draw_intervention(ax, d, col)
             if not any_data:
                 # keep the step axis of the other panels so the empty panel does not read as 0-1
@@ -227,7 +234,7 @@ def plot_domain_trajectories(
                 ax.legend(title="level", fontsize=8, title_fontsize=8, loc="upper left", framealpha=0.85)
         stops = "; dotted: the monitor stopped training" if any(_intervention(d) for d in drs) else ""
         fig.suptitle(f"{domain}: trait scores by fine-tuning level (band: 95% CI over questions; "
-                     f"dashed line + dot: onset, {method}{stops})", fontsize=11)
+                     f"dashed line + dot: onset, {method}, with its 95% bootstrap interval shaded{stops})", fontsize=11)
         fig.tight_layout()
         out += _save(fig, out_dir, f"trajectories_{_safe_stem(domain)}")
     return out

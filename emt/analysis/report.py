@@ -28,7 +28,7 @@ from emt import atomic
 from emt.analysis.figures import plot_all, run_name
 from emt.analysis.metrics import lead_times_all_methods
 from emt.analysis.onset import (
-    DEFAULT_METHOD, METHODS, onset_cusum, onset_foot, onset_piecewise, onset_ruptures, onset_threshold,
+    DEFAULT_METHOD, METHODS, onset_cusum, onset_foot, onset_glr, onset_piecewise, onset_ruptures, onset_threshold,
 )
 from emt.analysis.summary import EARLY, LATE, headline_table, run_summary, tidy_table
 
@@ -58,16 +58,33 @@ def find_scores(root: str | Path) -> list[Path]:
 
 def load_runs(files: Sequence[Path]) -> list[dict[str, Any]]:
     """Load each scores.h5; a file without a ``run`` attribute is named after its directory
-    (``<name>-<hash>`` -> ``<name>``) so every run has a name for tables and figures."""
+    (``<name>-<hash>`` -> ``<name>``) so every run has a name for tables and figures.
+
+    A file that cannot be read (truncated, not HDF5, missing groups) is reported in one line on
+    stderr, naming it and the fix, and skipped: one bad run must not cost the report on the
+    others. Raises :class:`NoScoresError` when no file could be read.
+    """
+    import sys
+
     from emt import store
 
     runs = []
+    skipped = []
     for f in files:
-        d = store.load(f)
+        try:
+            d = store.load(f, strings=False)  # numbers only: the report never reads the answers' text
+        except (OSError, KeyError, ValueError) as exc:  # h5py: OSError (corrupt), KeyError (missing group)
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            skipped.append(f"{f}: not a readable scores.h5 ({why}); skipped: rewrite it by consolidating the run "
+                           "again (python launch/eval_array.py --run NAME, with the config of its evaluation)")
+            print(f"warning: {skipped[-1]}", file=sys.stderr)
+            continue
         if not run_name(d):
             d["attrs"]["run"] = _HASH_SUFFIX.sub("", Path(f).parent.name)
         d["path"] = str(f)
         runs.append(d)
+    if not runs:
+        raise NoScoresError(f"no readable scores.h5 among {len(files)} file(s):\n" + "\n".join(skipped))
     return runs
 
 
@@ -96,27 +113,57 @@ def tidy_frame(runs: Sequence[Mapping[str, Any]]) -> Any:
 
 def method_parameters(method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The onset method's effective parameters: its defaults overridden by ``params``."""
-    fn = {"foot": onset_foot, "threshold": onset_threshold, "cusum": onset_cusum, "pelt": onset_ruptures,
+    fn = {"glr": onset_glr, "foot": onset_foot, "threshold": onset_threshold, "cusum": onset_cusum, "pelt": onset_ruptures,
           "binseg": onset_ruptures, "piecewise": onset_piecewise}.get(method)
     if fn is None:
         raise ValueError(f"unknown onset method {method!r}; choose one of {METHODS}")
     out = {k: p.default for k, p in inspect.signature(fn).parameters.items()
-           if p.kind is p.KEYWORD_ONLY and k != "method"}
+           if p.kind is p.KEYWORD_ONLY and k not in ("method", "se")}
     out.update(params or {})
     return out
 
 
-def domain_table(table: Any) -> Any:
-    """The headline table averaged per (domain, level): run count, mean onset steps, lead time
-    and coherence drop (seeds of one setting pooled)."""
-    num = [c for c in table.columns if c.startswith(("onset_", "lead_", "coherence_drop"))]
+def domain_table(table: Any, summaries: Sequence[Mapping[str, Any]] | None = None) -> Any:
+    """The headline table per (domain, level): run count, mean onset steps, lead time and coherence
+    drop (seeds of one setting pooled), and with ``summaries`` (bootstrapped :func:`run_summary`
+    results) the lead's interval and P(early first) from a two-level bootstrap over seeds and
+    questions (:func:`emt.analysis.uncertainty.pooled_seeds`; one run: its own interval), plus
+    with >= 3 seeds a paired comparison of the two onsets across seeds (mean lead, t interval,
+    paired t-test and Wilcoxon p-values)."""
+    from emt.analysis.uncertainty import paired_seed_comparison, pooled_seeds
+
+    num = [c for c in table.columns if c.startswith(("onset_", "lead_checkpoints", "coherence_drop"))
+           and not c.endswith(("_lo", "_hi"))]
     t = table.copy()
     for c in num:
         t[c] = t[c].astype("float64")
     g = t.groupby(["domain", "level"], dropna=False, sort=True)
     out = g[num].mean()
     out.insert(0, "runs", g.size())
-    return out.reset_index()
+    out = out.reset_index()
+    if summaries:
+        groups: dict[tuple[Any, Any], list[Mapping[str, Any]]] = {}
+        for sm in summaries:
+            groups.setdefault((sm.get("domain"), sm.get("level")), []).append(sm)
+        extra = []
+        for _, row in out.iterrows():
+            key = (None if row["domain"] != row["domain"] else row["domain"], None if row["level"] != row["level"] else row["level"])
+            sms = groups.get(key, [])
+            comps = [sm["bootstrap"] for sm in sms if sm.get("bootstrap") is not None]
+            sp = next((sm["lead_time"]["spacing"] for sm in sms if sm.get("lead_time")), 1.0)
+            pooled = pooled_seeds(comps, sp) if comps else {"lo": None, "hi": None, "p_early_first": None}
+            lts = [sm.get("lead_time") or {} for sm in sms]
+            paired = paired_seed_comparison([x.get("onset_early") for x in lts], [x.get("onset_late") for x in lts], sp)
+            extra.append({"lead_lo": pooled["lo"], "lead_hi": pooled["hi"], "p_early_first": pooled["p_early_first"],
+                          "seeds_paired": paired["n"] if paired["t_p"] is not None else None,
+                          "paired_t_p": paired["t_p"], "paired_wilcoxon_p": paired["wilcoxon_p"]})
+        import pandas as pd
+
+        ex = pd.DataFrame(extra, index=out.index).astype("float64")
+        pos = list(out.columns).index("lead_checkpoints") + 1 if "lead_checkpoints" in out.columns else len(out.columns)
+        for i, c in enumerate(ex.columns):
+            out.insert(pos + i, c, ex[c])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +234,7 @@ def _no_score_traits(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 def _methods_text(method: str, params: Mapping[str, Any], judges: Sequence[str], n_runs: int) -> str:
     p = ", ".join(f"{k}={v}" for k, v in params.items())
     return (f"Onset method: <b>{html.escape(method)}</b> ({html.escape(p)}); see emt.analysis.onset. "
+            + html.escape((GLR_TEXT if method == "glr" else "") + INTERVAL_TEXT) +
             f"Scores are the NaN-aware mean trait score (0-100) over questions and samples of the default "
             f"judge; the lead time is onset({LATE}) - onset({EARLY}) in checkpoints (positive = {EARLY} "
             f"emerges first). Coherence drop is the percent drop of mean coherence from step 0 to the last "
@@ -327,9 +375,22 @@ def _diagnostics(runs: Sequence[Mapping[str, Any]], out_dir: Path, figures: bool
     return md, "".join(h), figs, tables
 
 
+GLR_TEXT = (
+    "glr: a persistent rise is found by a likelihood-ratio test of one mean shift whose false-positive rate "
+    "on a never-emerging series is alpha (its threshold simulated for the series length); the noise is each "
+    "checkpoint's standard error from its answers (raised to the series' own local noise where larger); "
+    "isolated one-checkpoint spikes are removed first; the onset is placed at the foot of the rise; "
+    "effect_* is the rise in points (mean after the onset minus mean before). ")
+INTERVAL_TEXT = (
+    "Intervals: 95% percentile bootstrap over questions (1000 replicates unless stated), the two traits "
+    "resampled independently; onset_*_lo/_hi bound the onset step, lead_lo/_hi the lead time in checkpoints, "
+    "and p_early_first is the share of replicates (where both onsets exist) in which the early trait's onset "
+    "comes first. Per domain and level, seeds are resampled too (two-level bootstrap), and with >= 3 seeds a "
+    "paired comparison across seeds gives the t-test and Wilcoxon p-values of the lead. ")
 WARNING_TEXT = (
     "The online detector (the onset method deciding with only the checkpoints seen so far, as the "
-    "live monitor does) replayed over each finished run: the step at which the {early} alert would "
+    "live monitor does; with glr, the calibrated alarm at its configured false-alarm rate per run) replayed "
+    "over each finished run: the step at which the {early} alert would "
     "have fired, {late}'s onset on the whole run, and lead_checkpoints = {late} onset - {early} alert "
     "(positive: the warning came that many checkpoints ahead). Runs at the normal level have no "
     "misaligned data, so any alert there is a false alarm.")
@@ -384,7 +445,7 @@ def _early_warning(runs: Sequence[Mapping[str, Any]], method: str, params: Mappi
 
 def build_report(
     root: str | Path, out_dir: str | Path, method: str = DEFAULT_METHOD,
-    params: Mapping[str, Any] | None = None, figures: bool = True,
+    params: Mapping[str, Any] | None = None, figures: bool = True, n_boot: int = 1000,
 ) -> dict[str, Any]:
     """Report on every scores.h5 under ``root`` (an output root, its ``runs/`` dir or one run).
 
@@ -394,6 +455,7 @@ def build_report(
         method, params: onset method and its parameters for the table and the onset markers; the
             lead-time figure shows every method with its defaults.
         figures: False skips the figures (table, markdown, HTML and CSV only).
+        n_boot: bootstrap replicates for the onset and lead intervals (0: none).
 
     Returns:
         ``{"md", "html", "csv", "table_csv", "figures": {name: [png, pdf]}, "table": DataFrame,
@@ -408,9 +470,9 @@ def build_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = load_runs(files)
-    summaries = {run_name(d): run_summary(d, method=method, run=run_name(d), **params) for d in runs}
+    summaries = {run_name(d): run_summary(d, method=method, run=run_name(d), n_boot=n_boot, **params) for d in runs}
     table = headline_table(list(summaries.values()))
-    by_domain = domain_table(table)
+    by_domain = domain_table(table, list(summaries.values()))
     lead = {run_name(d): lead_times_all_methods(d["steps"], d["traits"][EARLY]["score"], d["traits"][LATE]["score"])
             for d in runs if EARLY in d["traits"] and LATE in d["traits"]}
     figs = plot_all(runs, out_dir, summaries, method, lead=lead) if figures else {}
@@ -466,7 +528,7 @@ def build_report(
             + warn_html + f"<h2>Provenance</h2>{html_table(prov)}<h2>Figures</h2>{imgs}{diag_html}</body></html>")
     html_path = atomic.write_text(out_dir / "report.html", page)
     return {"md": md_path, "html": html_path, "csv": csv, "table_csv": table_csv, "figures": figs,
-            "table": table, "summaries": summaries, "runs": [run_name(d) for d in runs], "diagnostics": diag_tables,
+            "table": table, "by_domain": by_domain, "summaries": summaries, "runs": [run_name(d) for d in runs], "diagnostics": diag_tables,
             "early_warning": warning}
 
 

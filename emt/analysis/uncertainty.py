@@ -10,7 +10,8 @@ import numpy as np
 
 from emt.analysis._util import as_series, spacing
 from emt.analysis.onset import (
-    BASELINE_POINTS, DEFAULT_METHOD, MARGIN, PENALTY, WINDOW, K, foot_onset_index, onset, threshold_onset_index,
+    BASELINE_POINTS, DEFAULT_METHOD, GLR_PARAMS, MARGIN, PENALTY, WINDOW, K, foot_onset_index, glr_detect_index,
+    onset, threshold_onset_index,
 )
 
 
@@ -119,8 +120,8 @@ def bootstrap(
         n_boot: replicates (default 1000). seed: RNG seed (default 0; same seed, same result).
         level: CI level (default 0.95), percentile interval.
         within: also resample samples within questions (default False; see :func:`resampled_means`).
-        method, **params: onset method and parameters for ``stat_fn="onset"``. The ``foot``
-            (default) and ``threshold`` methods run on all replicates at once (numpy, no Python loop).
+        method, **params: onset method and parameters for ``stat_fn="onset"``. The ``glr`` (default),
+            ``foot`` and ``threshold`` methods run on all replicates at once (numpy, no Python loop).
 
     Returns:
         :class:`BootstrapResult` (unpacks as ``estimate, lo, hi``).
@@ -144,6 +145,19 @@ def _resolve(stat_fn: str | StatFn, batched: bool, method: str, params: dict[str
     if callable(stat_fn):
         return stat_fn, batched
     if stat_fn == "onset":
+        if method == "glr":
+            from emt.analysis._util import check_params
+
+            check_params(method, params, set(GLR_PARAMS))
+            kw = {k: v for k, v in params.items() if k != "se"}
+            se = params.get("se")
+
+            def batched_glr(st: np.ndarray, ys: np.ndarray) -> np.ndarray:
+                # se is per checkpoint of the data; replicates share it (same questions and answers)
+                i = glr_detect_index(ys, se, t=st.astype(np.float64) / spacing(st), **kw)["index"]
+                return np.where(i >= 0, st[np.maximum(i, 0)].astype(np.float64), np.nan)
+
+            return batched_glr, True
         if method in ("threshold", "foot") and not {"baseline"} & set(params):
             # the default methods run on all replicates at once (numpy, no Python loop over rows)
             from emt.analysis._util import check_params
@@ -255,3 +269,158 @@ def _t_quantile(p: float, df: int) -> float:
     g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
     g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
     return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+
+
+def checkpoint_se(samples: Any) -> np.ndarray:
+    """Per-checkpoint standard error [n] of the mean score from its answers' spread (NaN-aware).
+
+    The questions are the same at every checkpoint, so what a checkpoint's mean owes to WHICH
+    questions were asked does not change along the run and is no noise for detecting a change
+    over time; the noise is the sampling of answers within each question:
+    se_t = sqrt(sum_q var_q,t / s_q,t) / q_t, with var_q,t the variance of question q's scored
+    samples at checkpoint t (ddof=1) and q_t the questions with a score. NaN where a checkpoint
+    has no question with two scored samples (then :func:`emt.analysis.onset.onset_glr` falls back
+    to the series' own noise there).
+    """
+    x = check_samples(samples)
+    m = np.isfinite(x)
+    cnt = m.sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mu = np.where(m, x, 0.0).sum(axis=2) / cnt
+        var = np.where(m, (x - mu[..., None]) ** 2, 0.0).sum(axis=2) / (cnt - 1)
+        ok = cnt >= 2
+        qn = ok.sum(axis=1)
+        se = np.sqrt(np.where(ok, var / cnt, 0.0).sum(axis=1)) / qn
+    return np.where(qn > 0, se, np.nan)
+
+
+@dataclass(frozen=True)
+class OnsetComparison:
+    """Onsets of two traits and the lead time from one bootstrap (``bootstrap_onsets``).
+
+    ``onset_early``/``onset_late``: :class:`BootstrapResult` in steps; ``lead``: late - early in
+    checkpoints; ``p_early_first``: the share of replicates (where both onsets exist) in which
+    the early trait's onset comes strictly first, ties counting half; ``n_both``: those replicates.
+    """
+
+    onset_early: BootstrapResult
+    onset_late: BootstrapResult
+    lead: BootstrapResult
+    p_early_first: float | None
+    n_both: int
+    replicates_early: np.ndarray  # [n_boot] onset steps (NaN = none), for pooling across seeds
+    replicates_late: np.ndarray
+
+
+def bootstrap_onsets(
+    steps: Any, early_samples: Any, late_samples: Any, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+    within: bool = False, method: str = DEFAULT_METHOD, noise_from_samples: bool = True, **params: Any,
+) -> OnsetComparison:
+    """Onset intervals of both traits, the lead-time interval and P(early onset precedes late's),
+    all from the same replicates (questions resampled; samples too with ``within=True``).
+
+    With ``method="glr"`` and ``noise_from_samples=True`` (default) each trait's per-checkpoint
+    standard error (:func:`checkpoint_se`) is the glr noise input. Traits are resampled
+    independently (their questions differ, see :func:`bootstrap_lead_time`).
+    """
+    s, _ = as_series(steps, np.zeros(np.shape(steps)[0]))
+    e, l_ = check_samples(early_samples), check_samples(late_samples)
+    sp = spacing(s)
+    ss = np.random.SeedSequence(seed)
+    ge, gl = (np.random.default_rng(c) for c in ss.spawn(2))
+
+    def one(x: np.ndarray, g: np.random.Generator) -> tuple[float, np.ndarray]:
+        p = dict(params)
+        if method == "glr" and noise_from_samples and "se" not in p:
+            p["se"] = checkpoint_se(x)
+        fn, is_b = _resolve("onset", False, method, p)
+        reps = resampled_means(x, n_boot, g, within)
+        full = mean_series(x)[None, :]
+        if is_b:
+            return float(fn(s, full)[0]), np.asarray(fn(s, reps), dtype=np.float64)
+        return _as_float(fn(s, full[0])), np.array([_as_float(fn(s, r)) for r in reps])
+
+    est_e, re = one(e, ge)
+    est_l, rl = one(l_, gl)
+
+    def res(est: float, vals: np.ndarray) -> BootstrapResult:
+        lo, hi = _percentiles(vals, level)
+        return BootstrapResult(est if np.isfinite(est) else None, lo, hi, n_boot, float(np.mean(~np.isfinite(vals))),
+                               level)
+
+    lead = (rl - re) / sp
+    both = np.isfinite(re) & np.isfinite(rl)
+    p = None if not both.any() else float(np.mean((re[both] < rl[both]) + 0.5 * (re[both] == rl[both])))
+    return OnsetComparison(res(est_e, re), res(est_l, rl), res((est_l - est_e) / sp, lead), p, int(both.sum()), re, rl)
+
+
+def pooled_seeds(comparisons: Sequence[OnsetComparison], steps_spacing: float, level: float = 0.95,
+                 seed: int = 0) -> dict[str, Any]:
+    """Lead time and P(early first) of one setting run with several seeds, seeds resampled too.
+
+    A two-level bootstrap: replicate b draws the seeds with replacement and, for each drawn
+    seed, its b-th question-level replicate (:func:`bootstrap_onsets`); the statistic is the
+    mean lead over the drawn seeds. Returns ``{"lead", "lo", "hi", "p_early_first", "n_seeds"}``
+    (checkpoints; ``lead`` = mean of the seeds' estimates).
+    """
+    k = len(comparisons)
+    if k == 0:
+        return {"lead": None, "lo": None, "hi": None, "p_early_first": None, "n_seeds": 0}
+    re = np.stack([c.replicates_early for c in comparisons])  # [k, B]
+    rl = np.stack([c.replicates_late for c in comparisons])
+    b = re.shape[1]
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, k, size=(b, k))
+    cols = np.arange(b)[:, None]
+    with _quiet():  # a replicate whose drawn seeds all lack an onset has no lead: NaN, dropped below
+        lead = np.nanmean(((rl - re) / steps_spacing)[pick, cols], axis=1) if b else np.array([])
+    first = ((re < rl) + 0.5 * (re == rl)).astype(np.float64)
+    first = np.where(np.isfinite(re) & np.isfinite(rl), first, np.nan)
+    with np.errstate(invalid="ignore"), _quiet():
+        p = np.nanmean(first[pick, cols]) if b else np.nan
+    lo, hi = _percentiles(lead, level)
+    ests = [c.lead.estimate for c in comparisons if c.lead.estimate is not None]
+    return {"lead": float(np.mean(ests)) if ests else None, "lo": lo, "hi": hi,
+            "p_early_first": None if not np.isfinite(p) else float(p), "n_seeds": k}
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: object) -> None:
+        self._w.__exit__(*exc)
+
+
+def paired_seed_comparison(early_onsets: Sequence[float | None], late_onsets: Sequence[float | None],
+                           spacing_steps: float = 1.0, level: float = 0.95) -> dict[str, Any]:
+    """Paired comparison of two traits' onsets across seeds (each seed pairs its own two onsets).
+
+    Over the seeds where both onsets exist (needs >= 3): the mean lead (late - early, in
+    checkpoints) with its t interval, the paired t-test's two-sided p-value and the exact
+    Wilcoxon signed-rank p-value (scipy). Returns ``{"n", "mean_lead", "lo", "hi", "t_p",
+    "wilcoxon_p"}``; every value None (n kept) with fewer than 3 pairs.
+    """
+    pairs = [(float(e), float(l_)) for e, l_ in zip(early_onsets, late_onsets)
+             if e is not None and l_ is not None and np.isfinite(e) and np.isfinite(l_)]
+    out: dict[str, Any] = {"n": len(pairs), "mean_lead": None, "lo": None, "hi": None, "t_p": None, "wilcoxon_p": None}
+    if len(pairs) < 3:
+        return out
+    from scipy import stats
+
+    d = np.array([l_ - e for e, l_ in pairs]) / spacing_steps
+    m, lo, hi = seeds_ci(list(d), level)
+    out.update(mean_lead=m, lo=lo, hi=hi)
+    if np.all(d == d[0]):
+        out.update(t_p=0.0 if d[0] != 0 else 1.0, wilcoxon_p=None if d[0] == 0 else float(2 * 0.5 ** len(d)))
+        return out
+    out["t_p"] = float(stats.ttest_1samp(d, 0.0).pvalue)
+    try:
+        out["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue)
+    except ValueError:  # every difference zero
+        out["wilcoxon_p"] = None
+    return out
