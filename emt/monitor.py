@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from emt import atomic, paths
+from emt.judge import JudgeIncomplete
 from emt.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
     from emt.sweeps import Run
 
 log = logging.getLogger(__name__)
+
+# Rounds in a row whose judgements were lost in transport before the monitor gives up.
+MAX_JUDGE_FAILURES = 5
 
 
 def watched_traits(cfg: Any) -> list[str]:
@@ -184,6 +188,7 @@ def follow(
                     stats["alerts"].append(ev or {"trait": t, "already_handled": True, **a.to_dict()})
             fed = s
 
+    judge_failures = 0
     try:
         feed_new()  # a restarted monitor catches up on what is already scored (handled alerts stay handled)
         while True:
@@ -198,7 +203,20 @@ def follow(
                 t0 = time.time()
                 if session is None:
                     session = EvalSession(run, _needed_rank(run, batch) or (cfg.lora.r if cfg.training.method == "lora" else 0))
-                run_eval_task(EvalTask(run, tuple(batch), -1, ehash), session=session)
+                try:
+                    run_eval_task(EvalTask(run, tuple(batch), -1, ehash), session=session)
+                except JudgeIncomplete as exc:
+                    # A judge outage must not end the watch: the failed checkpoints stay pending and
+                    # are re-judged (from their stored answers) next round. A judge that stays down
+                    # for MAX_JUDGE_FAILURES rounds in a row ends the monitor with the error.
+                    judge_failures += 1
+                    if judge_failures >= MAX_JUDGE_FAILURES:
+                        raise
+                    log.warning("%s monitor: %s; retrying in %.0f s (%d/%d)", run.name, exc, m.poll_s,
+                                judge_failures, MAX_JUDGE_FAILURES)
+                    time.sleep(m.poll_s)
+                    continue
+                judge_failures = 0
                 stats["scored"] += len(batch)
                 feed_new()
                 consolidate_partial(run, ehash)
