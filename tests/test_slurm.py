@@ -116,14 +116,26 @@ def test_eval_array_parallelism_and_dependency(slurm_root: Path) -> None:
     assert cons["State"] == "COMPLETED" and ts(cons["Start"]) >= max(ts(t["End"]) for t in tasks)
     assert paths.scores_file(run).is_file()
 
-    # A task that fails: the consolidation never runs, and status names the task and its log.
+    # A damaged weights file is caught before anything is submitted, naming the checkpoint.
     ckpt = paths.checkpoint_dir(run, 4)
-    (ckpt / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    weights = ckpt / "adapter_model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(b"not a safetensors file")
     for p in run.glob("eval-*/step-*.json"):
         p.unlink()
+    res = launch("eval_array.py", "--run", "medical_mild", "--per-task", "2", "--wait", *ov)
+    assert res.returncode == 2 and "checkpoint-4" in res.stdout + res.stderr
+    weights.write_bytes(good)
+
+    # A task that fails at run time (an adapter config whose rank does not match its weights: no
+    # pre-flight reads that far): the consolidation never runs, and status names the task and its log.
+    conf = ckpt / "adapter_config.json"
+    c = json.loads(conf.read_text())
+    c["r"] = int(c["r"]) * 2
+    conf.write_text(json.dumps(c))
     scores_before = paths.scores_file(run).read_bytes()
     res = launch("eval_array.py", "--run", "medical_mild", "--per-task", "2", "--wait", *ov)
-    assert res.returncode == 1
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-3000:]
     rec = json.loads(paths.eval_submission_file(run).read_text())
     states = {r["JobID"]: r["State"] for r in sacct(rec["array_job_ids"] + [rec["consolidate_job_id"]], "JobID,State")}
     assert "FAILED" in states.values()
@@ -134,7 +146,7 @@ def test_eval_array_parallelism_and_dependency(slurm_root: Path) -> None:
     failed = [j for j, s in states.items() if s == "FAILED"][0]
     assert f"eval task {failed} FAILED" in st.stdout and f"{failed}_0_log.err" in st.stdout
     log = Path(st.stdout.split(f"eval task {failed} FAILED: ")[1].split()[0])
-    assert log.is_file() and "safetensors" in log.read_text().lower()
+    assert log.is_file() and "mismatch" in log.read_text().lower()
     subprocess.run(["scancel", rec["consolidate_job_id"]], capture_output=True, timeout=30)
 
 
