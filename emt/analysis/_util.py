@@ -54,3 +54,18 @@ def check_params(method: str, given: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(given) - allowed)
     if unknown:
         raise ValueError(f"onset method {method!r}: unknown parameter(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+class quiet_runtime_warnings:
+    """Silence numpy's RuntimeWarnings ('All-NaN slice', 'Mean of empty slice') where a NaN
+    result is the intended answer (a row without enough finite points, a replicate without an onset)."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: object) -> None:
+        self._w.__exit__(*exc)

@@ -52,7 +52,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from emt.analysis._util import as_series, check_params, finite, robust_sigma, spacing
+from emt.analysis._util import as_series, check_params, finite, quiet_runtime_warnings, robust_sigma, spacing
 
 METHODS: tuple[str, ...] = ("glr", "foot", "threshold", "cusum", "pelt", "binseg", "piecewise")
 DEFAULT_METHOD = "glr"
@@ -218,25 +218,11 @@ def _row_sigma(yc: np.ndarray, nfin: np.ndarray, min_sigma: float) -> np.ndarray
     d = np.diff(yc, axis=1)
     ok = np.arange(n - 1)[None, :] < (nfin - 1)[:, None]
     d = np.where(ok, d, np.nan)
-    with np.errstate(invalid="ignore"), _quiet_nan_slices():
+    with np.errstate(invalid="ignore"), quiet_runtime_warnings():
         med = np.nanmedian(d, axis=1, keepdims=True)
         mad = np.nanmedian(np.abs(d - med), axis=1)
     sig = 1.4826 * mad / np.sqrt(2.0)
     return np.maximum(np.nan_to_num(sig, nan=min_sigma), min_sigma)
-
-
-class _quiet_nan_slices:
-    """Silence numpy's 'All-NaN slice' warning: a row with < 2 finite points gets min_sigma."""
-
-    def __enter__(self) -> None:
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._w.__exit__(*exc)
 
 
 def _locate_foot(
@@ -622,7 +608,7 @@ def glr_detect_index(
         with np.errstate(invalid="ignore", divide="ignore"):
             base = np.where(pre, yd, 0).sum(1) / np.maximum(pre.sum(1), 1)
         before = np.arange(n)[None, :] < np.maximum(cur_tau[rows], 1)[:, None]
-        with _quiet_nan_slices():
+        with quiet_runtime_warnings():
             sig_pre = np.nanmedian(np.where(before, sig[rows], np.nan), axis=1)
         on = _locate_foot(rows, cur_tau, order, yd, nfin, base, tt, sig_pre, window,
                           GLR_TAIL, penalty, True, 64, ahead=2)

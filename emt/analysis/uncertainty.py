@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from emt.analysis._util import as_series, spacing
+from emt.analysis._util import as_series, quiet_runtime_warnings, spacing
 from emt.analysis.onset import (
     BASELINE_POINTS, DEFAULT_METHOD, GLR_PARAMS, MARGIN, PENALTY, WINDOW, K, foot_onset_index, glr_detect_index,
     onset, threshold_onset_index,
@@ -372,28 +372,16 @@ def pooled_seeds(comparisons: Sequence[OnsetComparison], steps_spacing: float, l
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, k, size=(b, k))
     cols = np.arange(b)[:, None]
-    with _quiet():  # a replicate whose drawn seeds all lack an onset has no lead: NaN, dropped below
+    with quiet_runtime_warnings():  # a replicate whose drawn seeds all lack an onset has no lead: NaN, dropped below
         lead = np.nanmean(((rl - re) / steps_spacing)[pick, cols], axis=1) if b else np.array([])
     first = ((re < rl) + 0.5 * (re == rl)).astype(np.float64)
     first = np.where(np.isfinite(re) & np.isfinite(rl), first, np.nan)
-    with np.errstate(invalid="ignore"), _quiet():
+    with np.errstate(invalid="ignore"), quiet_runtime_warnings():
         p = np.nanmean(first[pick, cols]) if b else np.nan
     lo, hi = _percentiles(lead, level)
     ests = [c.lead.estimate for c in comparisons if c.lead.estimate is not None]
     return {"lead": float(np.mean(ests)) if ests else None, "lo": lo, "hi": hi,
             "p_early_first": None if not np.isfinite(p) else float(p), "n_seeds": k}
-
-
-class _quiet:
-    def __enter__(self) -> None:
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._w.__exit__(*exc)
 
 
 def paired_seed_comparison(early_onsets: Sequence[float | None], late_onsets: Sequence[float | None],
