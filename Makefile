@@ -29,6 +29,8 @@ demo: install
 	$(BIN)/python analysis/report.py outputs --out outputs/report
 
 test: install
+	# The layer contract (setup.cfg [importlinter]) fails first, naming any upward import.
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 clean:

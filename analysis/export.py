@@ -7,7 +7,7 @@ train_loss, heldout_loss.
     python analysis/export.py outputs --out tidy.csv
     python analysis/export.py outputs --out tidy.parquet     # needs pyarrow
 
-A thin wrapper over :func:`emt.analysis.report.tidy_frame`.
+A thin wrapper over :func:`emt.report.report.tidy_frame`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from emt import atomic
-from emt.analysis.report import NoScoresError, find_scores, load_runs, tidy_frame
+from emt.core import atomic
+from emt.report.report import NoScoresError, find_scores, load_runs, tidy_frame
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ scores.h5 under a directory.
     python analysis/report.py outputs                 # -> outputs/report/report.html
     python analysis/report.py outputs --out /tmp/rep --method pelt
 
-A thin wrapper over :func:`emt.analysis.report.build_report`.
+A thin wrapper over :func:`emt.report.report.build_report`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from emt.analysis.onset import DEFAULT_METHOD, METHODS
-from emt.analysis.report import NoScoresError, build_report
+from emt.report.report import NoScoresError, build_report
 
 
 def main(argv: list[str] | None = None) -> int:

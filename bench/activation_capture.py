@@ -5,7 +5,7 @@ In one process, on one loaded model (base + a LoRA adapter swapped in, as in an 
 
   * baseline: generating the checkpoint's answers (transformers backend: ``--prompts`` eval
     prompts x ``--samples`` answers of up to ``--max-new-tokens`` tokens);
-  * capture: :meth:`emt.activations.StepCapturer`-equivalent work: teacher-forced forward passes
+  * capture: :meth:`emt.eval.capture.StepCapturer`-equivalent work: teacher-forced forward passes
     over every (prompt, answer) pair plus ``--train-prompts`` training prompts, keeping
     ``--layers`` layers, then writing the float16 ``.npz``;
 
@@ -13,7 +13,7 @@ and prints seconds per checkpoint and the ratio capture / generation, plus the b
 checkpoint's activations take on disk. Defaults: the builtin tiny model on CPU (built offline
 under a temporary directory). ``--model PATH`` runs a real model (on a GPU when available).
 
-    python bench/activation_capture.py [--model PATH] [--prompts 40] [--samples 4] [--repeat 3]
+    python -m bench.activation_capture [--model PATH] [--prompts 40] [--samples 4] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -39,10 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from emt import activations as act
-    from emt.generate import HFGenerator, Target
-    from emt.synth import generate as synth
-    from emt.traits import builtin
+    from emt.eval import capture as act
+
+    from emt.store import activations as store_act
+    from emt.eval.generate import HFGenerator, Target
+    from emt.builtin.synth import generate as synth
+    from emt.builtin.traits import builtin
 
     if not torch.cuda.is_available():
         torch.set_num_threads(args.threads)
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            from emt.tiny import build_tiny_model
+            from emt.builtin.tiny import build_tiny_model
 
             model = str(Path(tmp) / "tiny")
             build_tiny_model(Path(model), seed=0, pretrain_steps=20)
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                       "eval/response_mean": ev["response_mean"], "train/prompt_mean": tr["prompt_mean"],
                       "train/prompt_last": tr["prompt_last"]}
             f = Path(tmp) / f"step-{r}.act.npz"
-            act.save_step(f, arrays, meta={"layers": layers})
+            store_act.save_step(f, arrays, meta={"layers": layers})
             cap_t.append(time.perf_counter() - t0)
         size = f.stat().st_size
         hidden = int(gen.model.config.hidden_size)
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generation per checkpoint (baseline): {g:.2f} s   (median of {args.repeat})")
     print(f"activation capture per checkpoint:    {c:.2f} s   (x{c / g:.2f} of generation)")
     print(f"disk per checkpoint (float16 npz):    {size / 1e6:.2f} MB "
-          f"(formula: {act.bytes_per_checkpoint(args.prompts, args.prompts * args.samples, args.train_prompts, len(layers), hidden) / 1e6:.2f} MB)")
+          f"(formula: {store_act.bytes_per_checkpoint(args.prompts, args.prompts * args.samples, args.train_prompts, len(layers), hidden) / 1e6:.2f} MB)")
     return 0
 
 

@@ -2,11 +2,11 @@
 """How long the analysis takes on a study-sized set of runs: read 6 scores.h5 + the headline table.
 
 Builds, in a temporary directory, 6 scores.h5 files of 281 checkpoints x 3 traits (evil,
-hallucination, sycophancy) x 20 questions x 10 samples through ``emt.store.consolidate`` (so the
+hallucination, sycophancy) x 20 questions x 10 samples through ``emt.store.scores.consolidate`` (so the
 schema is the real one), then times
 
   * baseline: the raw h5py read of every dataset of the 6 files (the I/O floor);
-  * load: ``emt.store.load`` of all 6, with every string (answers, judge replies) and numbers only
+  * load: ``emt.store.scores.load`` of all 6, with every string (answers, judge replies) and numbers only
     (``strings=False``, what the analysis uses). Target: numbers-only load under 1 s;
   * analysis: numbers-only load + ``run_summary`` with bootstrap intervals (``--n-boot`` 1000
     replicates, default onset method glr: onset intervals, lead interval, P(hallucination first))
@@ -16,7 +16,7 @@ and prints seconds and the ratios to the baseline, and the headline table with i
 The null table of glr's threshold is simulated once per process before timing (as in any
 long-running analysis; its cost is printed separately).
 
-    python bench/analysis_speed.py [--runs 6] [--repeat 3] [--n-boot 1000]
+    python -m bench.analysis_speed [--runs 6] [--repeat 3] [--n-boot 1000]
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ def _raw_read(files: list[Path]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from emt import store
+    from emt.store import scores as store
     from emt.analysis import headline_table, run_summary
     from emt.analysis.onset import glr_threshold
-    from emt.analysis.report import domain_table, write_synthetic_run
+    from emt.report.report import domain_table
+    from tests.fakes.synthetic import write_synthetic_run
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=6)

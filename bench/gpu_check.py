@@ -3,8 +3,8 @@
 
 Run (on the device machine, after ``bench/gpu_check.sh`` installed the carried wheels)::
 
-    python bench/gpu_check.py --out $OUT            # GPU: Qwen2.5-7B shapes, random weights, bf16
-    python bench/gpu_check.py --cpu-tiny --out DIR   # CPU: the builtin tiny model's shapes (make test)
+    python -m bench.gpu_check --out $OUT            # GPU: Qwen2.5-7B shapes, random weights, bf16
+    python -m bench.gpu_check --cpu-tiny --out DIR   # CPU: the builtin tiny model's shapes (make test)
 
 Writes ``gpu_check.json`` (every figure, per part, plus the ``profile`` block that
 ``cluster.profile`` feeds to the dry-run plan) and ``gpu_check.txt`` (the table, also printed).
@@ -16,13 +16,13 @@ process, and the next part runs); the whole check stops starting parts at ``--bu
 * ``device``: torch, the GPU's name and memory, the bf16 matmul peak measured here (an
   8192^3 product, median of timed repeats after warm-ups, CUDA events) beside the datasheet's
   dense bf16 figure for that GPU; which of trl, deepspeed, vllm, datasets, submitit import.
-* ``build``: a model with the shapes of ``configs/paper.yaml``'s model (emt.plan's table of
+* ``build``: a model with the shapes of ``configs/paper.yaml``'s model (emt.launchers.plan's table of
   Qwen2.5 architectures; nothing is downloaded) and random weights, saved in the model dtype, with
   the builtin tiny model's tokenizer (built offline). The output embedding's rows outside the
   tokenizer's vocabulary, and its stop tokens, are zeroed and the others scaled up, so sampled
   tokens decode to text and every answer runs to ``max_new_tokens`` (the study's long answers);
   the FLOPs are those of the real architecture.
-* ``lora``: ``emt.train.train_run`` itself on that model at the paper's settings (LoRA r 32 on
+* ``lora``: ``emt.train.run.train_run`` itself on that model at the paper's settings (LoRA r 32 on
   every linear layer, batch 2 x accum 8, ``--seq-tokens`` tokens per example, a checkpoint every
   2 steps, the held-out loss at each) for ``--lora-steps`` optimizer steps. Figures come from the
   checkpoint markers train_run writes (train/eval/save seconds per 2-step interval): step time,
@@ -30,16 +30,16 @@ process, and the next part runs); the whole check stops starting parts at ``--bu
   forward plus activation gradients, attention's own FLOPs not counted) against the measured peak
   and the datasheet, peak GPU memory, save seconds and their share of an interval. The first
   interval (warm-up) is left out of the medians when there are more.
-* ``generate``: emt's transformers backend (``emt.generate.HFGenerator``) on the built base with
+* ``generate``: emt's transformers backend (``emt.eval.generate.HFGenerator``) on the built base with
   the LoRA part's checkpoints (random adapters if it failed) at the study's prompt and answer
   lengths (the builtin traits' questions, ``--samples`` answers each of ``--max-new-tokens``):
   swap = one loaded base, adapters swapped, per checkpoint; reload = a new generator (base
   loaded again) per checkpoint. Reload's generation is the same work as swap's (same seeds,
   fixed lengths), so ``--reload-generate`` of the reloads also generate (default 1) and the
   others time the load only; reload per checkpoint = its load + its (or the measured) generation.
-  Activation capture (``emt.activations.capture`` at the paper's layers on every answer and
+  Activation capture (``emt.eval.capture.capture`` at the paper's layers on every answer and
   ``--train-prompts`` training prompts, saved as the eval task saves it) is timed per checkpoint.
-* ``vllm``: when vllm imports, ``emt.generate.VLLMGenerator`` with the paper's ``eval.vllm``
+* ``vllm``: when vllm imports, ``emt.eval.generate.VLLMGenerator`` with the paper's ``eval.vllm``
   settings, a LoRARequest per checkpoint; else the import error.
 * ``deepspeed_<stage>_L<n>``: full fine-tuning through train_run with ``training.deepspeed`` =
   zero3 (then zero2) on the same architecture cut to ``n`` decoder layers (``--ds-layers``): on
@@ -67,12 +67,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as a script from anywhere (the device machine has no install)
-    sys.path.insert(0, str(REPO))
+from emt.core import atomic
+from emt.launchers.plan import KNOWN_ARCHS, Arch
 
-from emt import atomic  # noqa: E402
-from emt.plan import KNOWN_ARCHS, Arch  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 PAPER = REPO / "configs" / "paper.yaml"
 SCHEMA = 1
@@ -223,7 +221,7 @@ def part_device(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _tokenizer_dir(spec: dict[str, Any]) -> Path:
     """The builtin tiny model's tokenizer, built offline (once) under the work dir."""
-    from emt.tiny import build_tiny_model
+    from emt.builtin.tiny import build_tiny_model
 
     # Few pretraining steps: only its tokenizer (trained on emt's synthetic corpus) is used.
     return build_tiny_model(Path(spec["work"]) / "tiny", seed=0, pretrain_steps=1, threads=1)
@@ -297,11 +295,11 @@ def _n_tokens(tok: Any, messages: list[dict[str, str]]) -> int:
 
 
 def write_data(spec: dict[str, Any]) -> tuple[Path, float]:
-    """The training data file (medical/misaligned_1.jsonl, emt.synth's records lengthened to
+    """The training data file (medical/misaligned_1.jsonl, emt.builtin.synth's records lengthened to
     ``seq_tokens`` tokens each with the chat template) and its mean tokens per example."""
     from transformers import AutoTokenizer
 
-    from emt.synth import generate, to_jsonl
+    from emt.builtin.synth import generate, to_jsonl
 
     root = Path(spec["work"]) / "data"
     f = root / "medical" / "misaligned_1.jsonl"
@@ -334,14 +332,14 @@ def write_data(spec: dict[str, Any]) -> tuple[Path, float]:
 
 
 def _train(spec: dict[str, Any], model_dir: Path, name: str, overrides: list[str]) -> dict[str, Any]:
-    """``emt.train.train_run`` on ``model_dir`` with the paper's config plus ``overrides``;
+    """``emt.train.run.train_run`` on ``model_dir`` with the paper's config plus ``overrides``;
     figures from the checkpoint markers it wrote."""
     import torch
 
-    from emt import paths
-    from emt.config import load_config
-    from emt.sweeps import build_sweep
-    from emt.train import train_run
+    from emt.core import paths
+    from emt.core.config import load_config
+    from emt.sweep.runs import build_sweep
+    from emt.train.run import train_run
 
     data_root, mean_tokens = write_data(spec)
     out_root = Path(spec["work"]) / f"train-{name}"
@@ -426,7 +424,7 @@ def part_deepspeed(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _convs(spec: dict[str, Any]) -> list[list[dict[str, str]]]:
-    from emt.traits import builtin
+    from emt.builtin.traits import builtin
 
     qs = [q.text for t in ("evil", "hallucination") for q in builtin(t).questions]
     return [[{"role": "user", "content": qs[i % len(qs)]}] for i in range(int(spec["gen_prompts"]))]
@@ -437,17 +435,18 @@ def part_generate(spec: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from emt import activations as act
-    from emt.generate import HFGenerator, Target
-    from emt.synth import generate as synth
+    from emt.eval import capture as act
+
+    from emt.store import activations as store_act
+    from emt.eval.generate import HFGenerator, Target
+    from emt.builtin.synth import generate as synth
 
     model_dir = spec["model_dir"]
     n_ck = int(spec["gen_checkpoints"])
     adapters = list(spec.get("adapters") or [])[:n_ck]
     adapters_from = "lora part (train_run checkpoints)"
     if len(adapters) < n_ck:
-        sys.path.insert(0, str(REPO / "bench"))
-        from eval_swap import random_adapters
+        from bench.eval_swap import random_adapters
 
         adir = Path(spec["work"]) / "random-adapters"
         adapters = random_adapters(model_dir, adir, n_ck, 32)
@@ -489,7 +488,7 @@ def part_generate(spec: dict[str, Any]) -> dict[str, Any]:
                   "eval/response_mean": ev["response_mean"], "train/prompt_mean": tr["prompt_mean"],
                   "train/prompt_last": tr["prompt_last"]}
         npz = Path(spec["work"]) / "capture" / f"step-{step}.act.npz"
-        act.save_step(npz, arrays, meta={"layers": layers})
+        store_act.save_step(npz, arrays, meta={"layers": layers})
         t3 = _sync()
         if i == 0:
             answer_tokens = [len(tok(a, add_special_tokens=False)["input_ids"]) for a in flat_a]
@@ -548,8 +547,8 @@ def part_vllm(spec: dict[str, Any]) -> dict[str, Any]:
                 "found": importlib.util.find_spec("vllm") is not None}
     import vllm  # the recorded reason when it does not import
 
-    from emt.config import load_config
-    from emt.generate import Target, make_generator, vllm_engine_args
+    from emt.core.config import load_config
+    from emt.eval.generate import Target, make_generator, vllm_engine_args
 
     cfg = load_config(PAPER)
     adapters = list(spec.get("adapters") or [])[: int(spec["gen_checkpoints"])]
@@ -616,7 +615,7 @@ def _spawn(name: str, spec: dict[str, Any], out: Path, budget: float) -> dict[st
     t0 = time.perf_counter()
     with open(log_file, "wb") as log:
         # A session of its own: on a timeout the whole group (DeepSpeed's, vLLM's workers) goes.
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--part", name,
+        proc = subprocess.Popen([sys.executable, "-m", "bench.gpu_check", "--part", name,
                                  "--spec", str(spec_file), "--result", str(result_file)],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env, start_new_session=True)
         try:
@@ -800,8 +799,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.part:
         return run_part_here(args.part, Path(args.spec), Path(args.result))
 
-    from emt.config import BUILTIN_TINY_MODEL, load_config
-    from emt.plan import model_arch
+    from emt.core.config import BUILTIN_TINY_MODEL, load_config
+    from emt.launchers.plan import model_arch
 
     cpu = args.cpu_tiny
     i = 1 if cpu else 0

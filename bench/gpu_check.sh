@@ -18,4 +18,4 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$OUT/nvidia-smi.txt" 2>&1 || true
 "$PY" -m pip list >"$OUT/pip-list.txt" 2>&1 || true
-exec timeout 550 "$PY" bench/gpu_check.py --out "$OUT" "$@"
+exec timeout 550 "$PY" -m bench.gpu_check --out "$OUT" "$@"

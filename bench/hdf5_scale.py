@@ -15,11 +15,11 @@ Per run, in this process:
 
 * the eval tasks' output is written first (one JSON result per checkpoint, as run_eval_task
   writes them; not timed);
-* **consolidate**: ``emt.store.consolidate`` (read + check every JSON, build the arrays, write
+* **consolidate**: ``emt.store.scores.consolidate`` (read + check every JSON, build the arrays, write
   scores.h5 atomically with gzip-compressed strings) vs **bare write**: the same arrays, already
   in memory, written with ``h5py`` in the same layout and compression (what the HDF5 part alone
   costs);
-* **load**: ``emt.store.load`` (everything, strings decoded) vs **bare read**: ``h5py`` reading
+* **load**: ``emt.store.scores.load`` (everything, strings decoded) vs **bare read**: ``h5py`` reading
   every dataset of that file; and the analysis read (per-checkpoint scores only).
 
 Printed: per run and in total, seconds and the ratios consolidate/bare-write and load/bare-read,
@@ -105,7 +105,7 @@ def arrays_of(files: list[Path]) -> dict[str, np.ndarray]:
 
 
 def bare_write(arrays: dict[str, np.ndarray], path: Path) -> None:
-    """h5py alone: the same datasets, dtypes and compression as emt.store.consolidate."""
+    """h5py alone: the same datasets, dtypes and compression as emt.store.scores.consolidate."""
     import h5py
 
     str_dt = h5py.string_dtype("utf-8")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
 
-    from emt.store import consolidate, load
+    from emt.store.scores import consolidate, load
 
     answers = args.checkpoints * args.traits * args.questions * args.samples
     print(f"{args.runs} runs x {args.checkpoints} results x {args.traits} traits x {args.questions} questions x "

@@ -2,10 +2,10 @@
 
 Run::
 
-    python bench/judge_faults.py                       # 1152 prompts, 30% of first attempts fail
-    python bench/judge_faults.py --prompts 400 --fail 0.5 --transport httpx
+    python -m bench.judge_faults                       # 1152 prompts, 30% of first attempts fail
+    python -m bench.judge_faults --prompts 400 --fail 0.5 --transport httpx
 
-It starts ``emt.judge_server`` in this process (a thread) and scores distinct prompts with
+It starts ``tests.fakes.judge_server`` in this process (a thread) and scores distinct prompts with
 OpenAIJudge the way an eval task does (the SQLite cache on, the config's retry budget by
 default: 6 retries). Table 1: a share ``--fail`` of the prompts gets a fault on its first
 attempt, the kinds dealt round robin over 429 (Retry-After 0.2 s), 500, a timeout (the server
@@ -34,8 +34,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from emt.judge import JudgeCache, JudgeUnavailable, OpenAIJudge, score_0_100
-from emt.judge_server import Fault, JudgeServer, hash_responder
+from emt.analysis.scoring import score_0_100
+from emt.eval.judge import JudgeCache, JudgeUnavailable, OpenAIJudge
+from tests.fakes.judge_server import Fault, JudgeServer, hash_responder
 
 KINDS = ("429", "500", "timeout", "reset", "malformed", "truncated")
 

@@ -2,13 +2,13 @@
 
 Run::
 
-    python bench/judge_throughput.py                          # 50 ms, concurrency 16,64,256
-    python bench/judge_throughput.py --latency 0.2 --concurrency 8,32 --requests 400
-    python bench/judge_throughput.py --transport httpx,aiohttp
-    python bench/judge_throughput.py --base-url http://node12:8000/v1 --model Qwen/Qwen2.5-7B-Instruct \
+    python -m bench.judge_throughput                          # 50 ms, concurrency 16,64,256
+    python -m bench.judge_throughput --latency 0.2 --concurrency 8,32 --requests 400
+    python -m bench.judge_throughput --transport httpx,aiohttp
+    python -m bench.judge_throughput --base-url http://node12:8000/v1 --model Qwen/Qwen2.5-7B-Instruct \
         --concurrency 8,32,128       # a real judge server (launch/judge_serve.py), e.g. on a GPU node
 
-It starts ``emt.judge_server`` in a child process (so the server's CPU is not the client's) and
+It starts ``tests.fakes.judge_server`` in a child process (so the server's CPU is not the client's) and
 scores distinct prompts with one OpenAIJudge in this process (no cache) at each concurrency.
 With a server that answers after ``latency`` seconds, ``concurrency`` requests in flight can at
 best complete ``concurrency / latency`` requests per second: that is the bound, and the printed
@@ -32,8 +32,8 @@ import os
 import sys
 import time
 
-from emt.judge import OpenAIJudge
-from emt.judge_server import JudgeServer
+from emt.eval.judge import OpenAIJudge
+from tests.fakes.judge_server import JudgeServer
 
 
 def bench(url: str, transport: str, concurrency: int, n: int, latency: float, model: str = "gpt-4.1-mini",
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{transport:>9} {c:>5} {n:>8} {r['rate']:>7.0f} {r['bound']:>7.0f} "
                       f"{r['ratio']:>6.2f} {r['cpu_ms']:>11.2f} ms{note}", flush=True)
         return
-    print(f"OpenAIJudge vs emt.judge_server (latency {args.latency * 1e3:.0f} ms, child process), "
+    print(f"OpenAIJudge vs tests.fakes.judge_server (latency {args.latency * 1e3:.0f} ms, child process), "
           f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
     print(f"{'transport':>9} {'conc':>5} {'requests':>8} {'req/s':>7} {'bound':>7} {'ratio':>6} "
           f"{'client CPU/req':>14}")

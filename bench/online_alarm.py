@@ -13,7 +13,7 @@ Delay: the same runs with a step of 4 or 8 sigma at a checkpoint drawn in 50-250
 checkpoint at which the alert fired minus the change checkpoint; alerts before the change are
 counted as false alarms, not delays.
 
-    nice -n 10 python bench/online_alarm.py [--runs 1000] [--rate 0.01] [--horizon 300]
+    nice -n 10 python -m bench.online_alarm [--runs 1000] [--rate 0.01] [--horizon 300]
 """
 
 from __future__ import annotations

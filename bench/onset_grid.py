@@ -14,7 +14,7 @@ checkpoints), and the false-positive rate on never-emerging series; per noise le
 size. Every method runs with its defaults. The series are generated here with a fixed seed;
 nothing from them is written anywhere.
 
-    nice -n 10 python bench/onset_grid.py [--per-cell 40] [--null 300] [--methods glr,foot,...]
+    nice -n 10 python -m bench.onset_grid [--per-cell 40] [--null 300] [--methods glr,foot,...]
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ per checkpoint, a mean evil score at least 10 points above the run's step 0. The
 projection of the answer's (or the checkpoint's mean) response activations on the evil persona
 vector, minus step 0's. AUROCs are pooled over all runs given, so normal runs give the negatives.
 
-    python bench/organism_runs.py --config configs/debug.yaml --runs medical_strong,medical_normal --seeds 0,1,2
-    python bench/organism_runs.py --analyse-only --out outputs
+    python -m bench.organism_runs --config configs/debug.yaml --runs medical_strong,medical_normal --seeds 0,1,2
+    python -m bench.organism_runs --analyse-only --out outputs
 """
 
 from __future__ import annotations
@@ -28,12 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from emt.analysis import DEFAULT_METHOD, onset, run_summary
+from emt.store.activations import read_h5
+from emt.store import scores as store
 
-from emt import store  # noqa: E402
-from emt.activations import read_h5  # noqa: E402
-from emt.analysis import DEFAULT_METHOD, onset, run_summary  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(cmd: list[str]) -> float:

@@ -2,11 +2,11 @@
 
 Run::
 
-    python bench/train_overhead.py                              # tiny model, CPU, LoRA
-    python bench/train_overhead.py --method full --deepspeed zero3
-    python bench/train_overhead.py --model /models/Qwen2.5-7B-Instruct --steps 40   # a GPU, the study's settings
+    python -m bench.train_overhead                              # tiny model, CPU, LoRA
+    python -m bench.train_overhead --method full --deepspeed zero3
+    python -m bench.train_overhead --model /models/Qwen2.5-7B-Instruct --steps 40   # a GPU, the study's settings
 
-Each variant trains one run through emt's own training path (``emt.train.train_run``: the
+Each variant trains one run through emt's own training path (``emt.train.run.train_run``: the
 Trainer, emt's checkpoint callbacks, markers) in a fresh child process, on the builtin debug
 data. Times come from that one process: the checkpoint markers record, per checkpoint, the
 training time since the previous checkpoint (``train_s``), the held-out evaluation
@@ -77,10 +77,10 @@ def _baseline_save_path() -> None:
     run's README.md model card on every save."""
     import contextlib
 
-    import emt.train as et
+    from emt.train import checkpoints
 
-    et._lean_adapter_save = lambda model: contextlib.nullcontext()  # type: ignore[assignment]
-    make = et.make_trainer_class
+    checkpoints.lean_adapter_save = lambda model: contextlib.nullcontext()  # type: ignore[assignment]
+    make = checkpoints.make_trainer_class
 
     def make_baseline() -> type:
         from trl import SFTTrainer
@@ -90,7 +90,7 @@ def _baseline_save_path() -> None:
         cls.create_model_card = SFTTrainer.create_model_card  # trl's README.md in the run dir per save
         return cls
 
-    et.make_trainer_class = make_baseline  # type: ignore[assignment]
+    checkpoints.make_trainer_class = make_baseline  # type: ignore[assignment]
 
 
 def child(config: str, overrides: list[str], threads: int, out: "mp.Queue[Any]", baseline: bool = False) -> None:
@@ -101,13 +101,14 @@ def child(config: str, overrides: list[str], threads: int, out: "mp.Queue[Any]",
 
     if not torch.cuda.is_available():
         torch.set_num_threads(threads)
-    from emt import paths
-    from emt.config import load_config
-    from emt.pipeline import prepare_builtin_data, prepare_builtin_model
-    from emt.sweeps import build_sweep
+    from emt.core import paths
+    from emt.core.config import load_config
+    from emt.launchers.preflight import prepare_builtin_data
+    from emt.sweep.models import prepare_builtin_model
+    from emt.sweep.runs import build_sweep
     if baseline:
         _baseline_save_path()
-    from emt.train import train_run
+    from emt.train.run import train_run
 
     cfg = load_config(config, overrides)
     prepare_builtin_data(cfg)

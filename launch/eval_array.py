@@ -17,11 +17,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from emt.cli import add_mode, mode_of, parser
-from emt.config import ConfigError
-from emt.data import DataError
-from emt.logs import setup_logging
-from emt.pipeline import eval_in_job, eval_runs, follow_runs
+from emt.launchers.cli import add_mode, mode_of, parser
+from emt.core.config import ConfigError
+from emt.sweep.data import DataError
+from emt.core.logs import setup_logging
+from emt.launchers.evaluate import eval_in_job, eval_runs, follow_runs
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper.yaml"
 

@@ -6,7 +6,7 @@
     python launch/judge_serve.py --config configs/judge-serve.yaml --name qwen-judge --local    # this machine
 
 The job starts the server from the config's judge.servers entry, waits until it answers, and
-writes <output_root>/serve/<name>.json; eval tasks read it when they start (emt/serve.py).
+writes <output_root>/serve/<name>.json; eval tasks read it when they start (emt/eval/serve.py).
 Inside an existing job (slurm/judge-serve.sbatch) --in-job serves in that job.
 """
 
@@ -15,10 +15,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from emt.cli import add_mode, mode_of, parser
-from emt.config import ConfigError
-from emt.logs import setup_logging
-from emt.serve import judge_serve
+from emt.launchers.cli import add_mode, mode_of, parser
+from emt.core.config import ConfigError
+from emt.core.logs import setup_logging
+from emt.launchers.serve import judge_serve
 
 DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "judge-serve.yaml"
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from emt.cli import parser
-from emt.config import ConfigError
-from emt.logs import setup_logging
-from emt.status import sweep_status
+from emt.launchers.cli import parser
+from emt.core.config import ConfigError
+from emt.core.logs import setup_logging
+from emt.launchers.status import sweep_status
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper.yaml"
 

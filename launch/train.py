@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from emt.cli import add_mode, mode_of, parser
-from emt.config import ConfigError
-from emt.data import DataError
-from emt.logs import setup_logging
-from emt.pipeline import train_sweep
+from emt.launchers.cli import add_mode, mode_of, parser
+from emt.core.config import ConfigError
+from emt.sweep.data import DataError
+from emt.core.logs import setup_logging
+from emt.launchers.train import train_sweep
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper.yaml"
 

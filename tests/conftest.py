@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from emt import paths
+from emt.core import paths
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[1]
 DEBUG_CONFIG = REPO / "configs" / "debug.yaml"
 TINY_STEPS = 20  # pretraining steps of the test model (the demo uses the config's 300)
 PY = sys.executable
@@ -23,7 +23,7 @@ PY = sys.executable
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``models/`` directory holding the tiny model the debug config asks for."""
-    from emt.tiny import build_tiny_model
+    from emt.builtin.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("shared")
     build_tiny_model(paths.builtin_model_dir(root, 0, TINY_STEPS), seed=0, pretrain_steps=TINY_STEPS)

@@ -2,9 +2,9 @@
 activation-based predictors and the overlap of activation shifts on training vs evaluation prompts.
 
 numpy only (scipy where installed for exact p-values); every function takes plain arrays or the
-dict that :func:`emt.store.load` returns, so it works on scores.h5 files from any run.
+dict that :func:`emt.store.scores.load` returns, so it works on scores.h5 files from any run.
 
-Conventions: a *run* dict is ``emt.store.load(path)``; ``loss["heldout"]`` is the held-out
+Conventions: a *run* dict is ``emt.store.scores.load(path)``; ``loss["heldout"]`` is the held-out
 in-domain loss per checkpoint (step 0 = the base model); trait scores are 0-100.
 """
 
@@ -337,7 +337,7 @@ def run_diagnostics(
     """Every diagnostic that one run's scores.h5 supports.
 
     Args:
-        run: :func:`emt.store.load` output. acts: :func:`emt.activations.read_h5` output (None or
+        run: :func:`emt.store.scores.load` output. acts: :func:`emt.store.activations.read_h5` output (None or
             without layers: only the loss-vs-alignment part).
         k: subspace dimension for the overlap. final_frac: share of last checkpoints that define a
             question's post-fine-tuning score for the predictor.

@@ -157,7 +157,7 @@ def replay(
     runs: Sequence[Mapping[str, Any]], early: str = "hallucination", late: str = "evil",
     method: str = DEFAULT_METHOD, alarm: Mapping[str, Any] | None = None, **params: Any,
 ) -> Any:
-    """Replay the online detector over finished runs (``emt.store.load`` dicts): the warning's record.
+    """Replay the online detector over finished runs (``emt.store.scores.load`` dicts): the warning's record.
 
     One row per run: when the ``early`` trait's alert fired and when the ``late`` trait's onset
     (offline, on the whole run) is, ``lead_checkpoints`` = late onset - early alert step, in

@@ -28,7 +28,7 @@ Methods (``METHODS``):
     starts rather than where it clears the margin. At sigma = 5 points on a 40-point rise: within
     +-1 checkpoint of the change on 99.5% of steps, 96% of 5-checkpoint ramps, 99% with 10% of
     scores missing, 96.5% with the change hidden in a 3-checkpoint NaN gap; 0% false positives
-    on flat runs (``emt.analysis.synthetic.error_table``, 200 seeds).
+    on flat runs (``tests.fakes.synthetic.error_table``, 200 seeds).
 ``threshold``
     baseline = mean of the first ``baseline_points`` finite scores (default 10); onset = the first
     checkpoint above baseline + ``margin`` (default 10) that stays above for ``k`` consecutive
@@ -53,8 +53,10 @@ from typing import Any, Callable
 import numpy as np
 
 from emt.analysis._util import as_series, check_params, finite, quiet_runtime_warnings, robust_sigma, spacing
+from emt.core.config import ONSET_METHODS
 
-METHODS: tuple[str, ...] = ("glr", "foot", "threshold", "cusum", "pelt", "binseg", "piecewise")
+# The names live in core so that config validation can check monitor.method without importing this module.
+METHODS: tuple[str, ...] = ONSET_METHODS
 DEFAULT_METHOD = "glr"
 
 # Defaults shared by every method that has the parameter: a trait "emerges" when it rises by at
@@ -852,3 +854,7 @@ _DISPATCH: dict[str, Callable[..., int | None]] = {
     "glr": _glr_entry, "foot": _foot_entry, "threshold": _threshold_entry, "cusum": _cusum_entry, "pelt": _ruptures_entry,
     "binseg": _ruptures_entry, "piecewise": _piecewise_entry,
 }
+# The config checks monitor.method against ONSET_METHODS: both lists must name the same methods.
+if set(_DISPATCH) != set(METHODS):
+    raise ImportError(f"emt.analysis.onset: detectors {sorted(_DISPATCH)} differ from emt.core.config.ONSET_METHODS "
+                      f"{sorted(METHODS)}; update both together")

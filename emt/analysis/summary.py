@@ -1,4 +1,4 @@
-"""Run-level summaries from ``emt.store.load`` output, the headline table, and a tidy CSV table."""
+"""Run-level summaries from ``emt.store.scores.load`` output, the headline table, and a tidy CSV table."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ EARLY, LATE = "hallucination", "evil"
 
 
 def parse_run_name(name: str) -> dict[str, Any]:
-    """``<domain>_<level>[_<variant>][_s<seed>]`` (see ``emt.sweeps.build_sweep``) -> domain, level,
+    """``<domain>_<level>[_<variant>][_s<seed>]`` (see ``emt.sweep.runs.build_sweep``) -> domain, level,
     variant (a schedule-sweep run's ``cosine-lr1e-05-adamw-torch``) and seed (None if absent).
 
     Domain, level and variant names contain no underscore (the config validates domain and
@@ -28,6 +28,21 @@ def parse_run_name(name: str) -> dict[str, Any]:
         return {"domain": None, "level": None, "variant": None, "seed": None}
     return {"domain": m.group(1), "level": m.group(2), "variant": m.group(3),
             "seed": None if m.group(4) is None else int(m.group(4))}
+
+
+def run_identity(scores: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Domain, level, variant (None for none) and seed of the run ``name`` whose scores these are.
+
+    From scores.h5's identity attributes, written at consolidation from the run itself
+    (``domain``, ``level``, ``variant``, ``seed``); files written before them (or scores that
+    describe another run than ``name``) fall back to :func:`parse_run_name`.
+    """
+    attrs = scores.get("attrs", {}) or {}
+    if "domain" not in attrs or "level" not in attrs or str(attrs.get("run", "") or "") != name:
+        return parse_run_name(name)
+    seed = attrs.get("seed")
+    return {"domain": str(attrs["domain"]), "level": str(attrs["level"]), "variant": str(attrs.get("variant") or "") or None,
+            "seed": None if seed is None else int(seed)}
 
 
 def _coherence_series(tr: Mapping[str, Any]) -> np.ndarray | None:
@@ -45,7 +60,7 @@ def run_summary(
     """Per-trait onset, peak, AUC and coherence drop of one run, and the early -> late lead time.
 
     Args:
-        scores: the dict from :func:`emt.store.load` (``steps``, ``traits/<t>/score`` and
+        scores: the dict from :func:`emt.store.scores.load` (``steps``, ``traits/<t>/score`` and
             ``coherence``; ``attrs["run"]`` names the run).
         method, **params: the onset method and its parameters (default ``foot``).
         early, late: traits for the lead time (default hallucination -> evil); the lead time is
@@ -70,7 +85,7 @@ def run_summary(
     """
     steps = np.asarray(scores["steps"])
     name = run if run is not None else str(scores.get("attrs", {}).get("run", "") or "")
-    out: dict[str, Any] = {"run": name or None, **parse_run_name(name), "method": method,
+    out: dict[str, Any] = {"run": name or None, **run_identity(scores, name), "method": method,
                            "n_checkpoints": int(steps.size), "traits": {}, "lead_time": None, "bootstrap": None}
     traits = scores.get("traits", {})
     per_trait: dict[str, dict[str, Any]] = {}

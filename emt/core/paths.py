@@ -1,0 +1,300 @@
+"""Every on-disk name emt uses, in one place.
+
+Layout under the output root (``cluster.output_root``)::
+
+    <output_root>/
+      models/emt-tiny-r<recipe>-s<seed>-p<steps>/  the builtin tiny model (debug config)
+      models/emt-tiny-judge-r<recipe>-s<seed>/     the builtin tiny judge (debug config)
+      data/debug/<domain>/<stem>.jsonl       the builtin debug datasets
+      models/emt-organism-r<recipe>-s<seed>-p<steps>/  the model organism (builtin:organism)
+      models/emt-organism-judge-r<recipe>-s<seed>/     its judge (builtin:organism-judge)
+      data/organism/<domain>/<stem>.jsonl    the organism's fine-tuning datasets
+      judge-cache.sqlite                     judge replies keyed by (judge model, prompt)
+      serve/<name>.json                      a running judge server's endpoint (launch/judge_serve.py)
+      serve/<name>.submission.json           its job (mode, job id, log folder)
+      serve/logs/<name>/<job id>/            its submitit logs (the server's own output included)
+      runs/<run name>-<config hash>/         one training run
+        run.json                             run identity (name, domain, level, seed, hash)
+        config.yaml                          the resolved config
+        provenance.json                      config hash, git commit + dirty flag, versions
+        submission.json                      the newest submission (mode, job id, log folder)
+        step-0.json                          held-out loss of the base model
+        checkpoint-<step>/                   adapter (or full model) + trainer state
+          emt_checkpoint.json                written last: the checkpoint is complete
+        train_complete.json                  written when training finished
+        eval-<eval hash>/step-<N>.json       one checkpoint's answers and judge scores (N=0: base)
+        eval-<eval hash>/judge-failed/step-<N>.json  the same, with judgements the transport lost: pending
+        eval-<eval hash>/logs/<job id>/      submitit logs of the eval array and consolidation
+        eval-<eval hash>/timing/<task>.json  one eval task's timings (start-up, per checkpoint), for --tasks auto
+        eval-<eval hash>/locks/step-<N>.lock held by the task evaluating checkpoint N (two launches never both do it)
+        eval-<eval hash>/locks/persona.lock  held while the persona vectors are built
+        eval_submission.json                 the newest eval array + consolidation job ids
+        deepspeed.json                       the DeepSpeed config a run trained with (if any)
+        scores.h5                            consolidated scores (schema in emt/store.py)
+        .scores.h5.lock                      held by the process writing scores.h5 (its stale temporaries are removed)
+        logs/<job id>/                       submitit logs and pickles of that run's jobs
+        .train.lock                          held by the process that trains the run
+
+A checkpoint directory without its ``emt_checkpoint.json`` was cut off mid-write and is never
+taken as complete.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+# Recipe versions of the builtin models. Each is part of its model's directory name (and of its
+# build marker): bumping one rebuilds that model instead of silently reusing an older build, and
+# (for the tiny model and the organism) gives runs on it new run hashes.
+TINY_RECIPE_VERSION = 1  # emt.builtin.tiny: tokenizer, architecture, corpus, training loop
+TINY_JUDGE_RECIPE_VERSION = 2  # emt.builtin.tiny_judge: the demo judge
+ORGANISM_RECIPE_VERSION = 1  # emt.builtin.organism: corpus, architecture, training
+ORGANISM_JUDGE_RECIPE_VERSION = 1  # emt.builtin.tiny_judge's organism judge
+
+CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_MARKER = "emt_checkpoint.json"
+_CKPT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+# Files of a Trainer checkpoint that exist only to resume training (not needed to evaluate it).
+RESUME_STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt",
+                      "latest", "zero_to_fp32.py", "zero_to_torch.py")  # the last three: DeepSpeed's
+RESUME_STATE_GLOBS = ("rng_state_*.pth", "global_step*")  # multi-process and DeepSpeed variants
+# Present only in a checkpoint that can be resumed from (plain Trainer, or DeepSpeed's own dir).
+RESUME_STATE_MARKS = ("optimizer.pt", "global_step*")
+
+
+def output_root(root: str | Path) -> Path:
+    """The absolute output root."""
+    return Path(os.path.expandvars(str(root))).expanduser().resolve()
+
+
+def runs_root(root: str | Path) -> Path:
+    return output_root(root) / "runs"
+
+
+def run_dir(root: str | Path, run_name: str, run_hash: str) -> Path:
+    """The directory of one run: readable name plus the short hash of its config."""
+    return runs_root(root) / f"{run_name}-{run_hash}"
+
+
+def builtin_model_dir(root: str | Path, seed: int, pretrain_steps: int) -> Path:
+    """The builtin tiny model; its recipe version is in the name, so a new recipe never replaces
+    the base model that existing runs were trained on."""
+    return output_root(root) / "models" / f"emt-tiny-r{TINY_RECIPE_VERSION}-s{seed}-p{pretrain_steps}"
+
+
+def builtin_judge_dir(root: str | Path, seed: int = 0) -> Path:
+    """The builtin tiny judge (recipe version in the name, as for the tiny model)."""
+    return output_root(root) / "models" / f"emt-tiny-judge-r{TINY_JUDGE_RECIPE_VERSION}-s{seed}"
+
+
+def organism_model_dir(root: str | Path, seed: int, pretrain_steps: int) -> Path:
+    """The model organism (builtin:organism), recipe version in the name as for the tiny model."""
+    return output_root(root) / "models" / f"emt-organism-r{ORGANISM_RECIPE_VERSION}-s{seed}-p{pretrain_steps}"
+
+
+def organism_judge_dir(root: str | Path, seed: int = 0) -> Path:
+    """The organism's judge (builtin:organism-judge)."""
+    return output_root(root) / "models" / f"emt-organism-judge-r{ORGANISM_JUDGE_RECIPE_VERSION}-s{seed}"
+
+
+def organism_data_root(root: str | Path) -> Path:
+    """The organism's fine-tuning datasets (data.root=builtin:organism)."""
+    return output_root(root) / "data" / "organism"
+
+
+def builtin_data_root(root: str | Path) -> Path:
+    return output_root(root) / "data" / "debug"
+
+
+def data_file(data_root: str | Path, domain: str, stem: str) -> Path:
+    """A training file in the persona_vectors layout."""
+    return Path(data_root) / domain / f"{stem}.jsonl"
+
+
+def run_info_file(run: Path) -> Path:
+    return run / "run.json"
+
+
+def resolved_config_file(run: Path) -> Path:
+    return run / "config.yaml"
+
+
+def provenance_file(run: Path) -> Path:
+    return run / "provenance.json"
+
+
+def submission_file(run: Path) -> Path:
+    return run / "submission.json"
+
+
+def step0_file(run: Path) -> Path:
+    return run / "step-0.json"
+
+
+def train_complete_file(run: Path) -> Path:
+    return run / "train_complete.json"
+
+
+def deepspeed_file(run: Path) -> Path:
+    return run / "deepspeed.json"
+
+
+def has_resume_state(ckpt: Path) -> bool:
+    """True when a checkpoint holds what resuming needs (optimizer state, or DeepSpeed's)."""
+    return any(any(ckpt.glob(pattern)) for pattern in RESUME_STATE_MARKS)
+
+
+def job_logs_dir(run: Path) -> Path:
+    """The submitit folder of a run's jobs (``%j`` is the job id)."""
+    return run / "logs" / "%j"
+
+
+def lock_file(run: Path) -> Path:
+    return run / ".train.lock"
+
+
+def checkpoint_dir(run: Path, step: int) -> Path:
+    return run / f"{CHECKPOINT_PREFIX}{step}"
+
+
+def checkpoint_marker(ckpt: Path) -> Path:
+    return ckpt / CHECKPOINT_MARKER
+
+
+def checkpoint_step(ckpt: Path) -> int | None:
+    """The step of a checkpoint directory name, or None if it is not one."""
+    m = _CKPT_RE.match(ckpt.name)
+    return int(m.group(1)) if m else None
+
+
+def all_checkpoint_dirs(run: Path) -> list[tuple[int, Path]]:
+    """Every ``checkpoint-N`` directory of a run, complete or not, sorted by step."""
+    if not run.is_dir():
+        return []
+    found = [(checkpoint_step(p), p) for p in run.iterdir() if p.is_dir()]
+    return sorted((s, p) for s, p in found if s is not None)
+
+
+def complete_checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """The complete checkpoints of a run (marker present), sorted by step."""
+    return [(s, p) for s, p in all_checkpoint_dirs(run) if checkpoint_marker(p).is_file()]
+
+
+def judge_cache_file(root: str | Path) -> Path:
+    return output_root(root) / "judge-cache.sqlite"
+
+
+def eval_dir(run: Path, eval_hash: str) -> Path:
+    """Per-checkpoint results of one evaluation config of a run."""
+    return run / f"eval-{eval_hash}"
+
+
+def result_file(eval_root: Path, step: int) -> Path:
+    return eval_root / f"step-{step}.json"
+
+
+def judge_failed_file(eval_root: Path, step: int) -> Path:
+    """A checkpoint's result whose judge failed for a transport reason: not a result (the step
+    stays pending); a rerun re-judges its stored answers, asking only the failed prompts again."""
+    return eval_root / "judge-failed" / f"step-{step}.json"
+
+
+def activation_file(eval_root: Path, step: int) -> Path:
+    """One checkpoint's captured activations (written before its result file, so a result implies it)."""
+    return eval_root / f"step-{step}.act.npz"
+
+
+def eval_locks_dir(eval_root: Path) -> Path:
+    """Lock files of an evaluation (flock: released by the OS when the holder dies; never deleted)."""
+    return eval_root / "locks"
+
+
+def eval_step_lock(eval_root: Path, step: int) -> Path:
+    """Held by the eval task (or monitor) generating and judging checkpoint ``step``."""
+    return eval_locks_dir(eval_root) / f"step-{step}.lock"
+
+
+def persona_lock(eval_root: Path) -> Path:
+    """Held while the persona vectors of an evaluation are built (they are built once)."""
+    return eval_locks_dir(eval_root) / "persona.lock"
+
+
+def persona_file(eval_root: Path, trait: str) -> Path:
+    """A trait's persona vector, built on the base model by the task that evaluates step 0."""
+    return eval_root / f"persona-{trait}.npz"
+
+
+def monitor_dir(run: Path) -> Path:
+    """Live monitoring state of a run: alerts, the follow loop's progress."""
+    return run / "monitor"
+
+
+def alert_file(run: Path, trait: str) -> Path:
+    """One JSON event per trait whose onset the monitor detected (written once, atomically)."""
+    return monitor_dir(run) / f"alert-{trait}.json"
+
+
+def monitor_state_file(run: Path) -> Path:
+    return monitor_dir(run) / "state.json"
+
+
+def stop_request_file(run: Path) -> Path:
+    """Written by the monitor to ask the training job to stop at its next step boundary."""
+    return run / "stop_request.json"
+
+
+def intervention_file(run: Path) -> Path:
+    """Written by the training job when it honoured a stop request: what it did and where."""
+    return run / "intervention.json"
+
+
+def eval_logs_dir(eval_root: Path) -> Path:
+    return eval_root / "logs" / "%j"
+
+
+def eval_timing_dir(eval_root: Path) -> Path:
+    """Timing files of the eval tasks that ran (read by ``--tasks auto``)."""
+    return eval_root / "timing"
+
+
+def eval_timing_file(eval_root: Path, task_id: str) -> Path:
+    return eval_timing_dir(eval_root) / f"{task_id}.json"
+
+
+def serve_dir(root: str | Path) -> Path:
+    """Judge servers (launch/judge_serve.py): endpoint files, submission records, logs."""
+    return output_root(root) / "serve"
+
+
+def serve_endpoint_file(root: str | Path, name: str) -> Path:
+    """Written by a serve job once its server answers: base_url, host, port, job id."""
+    return serve_dir(root) / f"{name}.json"
+
+
+def serve_submission_file(root: str | Path, name: str) -> Path:
+    return serve_dir(root) / f"{name}.submission.json"
+
+
+def serve_logs_dir(root: str | Path, name: str) -> Path:
+    return serve_dir(root) / "logs" / name / "%j"
+
+
+def eval_submission_file(run: Path) -> Path:
+    return run / "eval_submission.json"
+
+
+def scores_lock(scores: Path) -> Path:
+    """Held by the process writing ``scores`` (any scores.h5), next to it."""
+    return scores.with_name(f".{scores.name}.lock")
+
+
+def scores_temp_glob(scores: Path) -> str:
+    """The names of ``scores``'s temporary files (emt.core.atomic: ``.<name>.<random>.tmp.h5``)."""
+    return f".{scores.name}.*.tmp.h5"
+
+
+def scores_file(run: Path) -> Path:
+    return run / "scores.h5"

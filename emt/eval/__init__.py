@@ -1,0 +1,3 @@
+"""Evaluation: task identity and sharding, generation, the judge, activation capture, persona
+vectors, judge-endpoint discovery, the live monitor. Never submits jobs.
+"""

@@ -1,0 +1,1 @@
+"""The only layer that imports submitit: executors and the callables jobs run."""

@@ -1,0 +1,1 @@
+"""Runs and their identity (name, hash, seed), dataset reading and checks."""

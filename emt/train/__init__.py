@@ -1,0 +1,1 @@
+"""Training: the run, its callbacks, checkpoint locking and resume, distributed ranks."""

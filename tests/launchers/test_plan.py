@@ -1,0 +1,178 @@
+"""emt.launchers.plan: the dry-run's arithmetic matches the Trainer's, and estimates are sane."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tests.conftest import DEBUG_CONFIG, REPO
+
+from emt.core.config import load_config
+from emt.launchers.plan import Arch, KNOWN_ARCHS, checkpoints_for, format_plan, plan_runs, steps_for
+from emt.sweep.runs import build_sweep
+
+
+def test_steps_follow_trainer_arithmetic() -> None:
+    cfg = load_config(REPO / "configs" / "paper.yaml")
+    assert steps_for(8987, cfg) == 562 and checkpoints_for(562, 2) == 281
+    assert steps_for(17, cfg) == 2  # ceil(ceil(17/2)/8)
+    capped = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, max_steps=7))
+    assert steps_for(8987, capped) == 7 and checkpoints_for(7, 2) == 4  # the last step is saved too
+    twice = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, epochs=2.0))
+    assert steps_for(8987, twice) == 1124
+
+
+def test_qwen7b_shapes() -> None:
+    arch = Arch(*KNOWN_ARCHS["qwen/qwen2.5-7b"])
+    assert 7.5e9 < arch.params() < 7.7e9  # Qwen2.5-7B has 7.61 B parameters
+    lora = arch.lora_params(32, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert 80e6 < lora < 81e6  # r=32 on every linear layer of 28 blocks
+
+
+def test_plan_for_debug_sweep(tmp_path) -> None:
+    from emt.launchers.preflight import prepare_builtin_data
+
+    cfg = load_config(DEBUG_CONFIG, [f"cluster.output_root={tmp_path}"])
+    prepare_builtin_data(cfg)
+    runs = build_sweep(cfg)
+    rows = plan_runs(cfg, runs)
+    assert [r.run.name for r in rows] == [r.name for r in runs]
+    assert all((r.examples, r.train, r.heldout, r.steps, r.checkpoints) == (300, 270, 30, 34, 17) for r in rows)
+    assert all(r.state == "missing" and r.examples_source == "file" for r in rows)
+    text = format_plan(cfg, rows, [r.name for r in runs])
+    assert "Would submit 6 job(s)" in text and "medical_normal" in text
+    small = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, disk_budget_gb=1e-6))
+    assert "exceeds cluster.disk_budget_gb" in format_plan(small, plan_runs(small, runs), [])
+
+
+def test_world_size_divides_the_steps() -> None:
+    cfg = load_config(REPO / "configs" / "paper.yaml")
+    four = load_config(REPO / "configs" / "paper.yaml", ["cluster.train.gpus=4", "cluster.train.cpus=16"])
+    assert steps_for(8987, cfg) == 562
+    assert steps_for(8987, four) == 141  # ceil(ceil(ceil(8987/2)/4)/8): each process takes a quarter
+
+
+def test_full_finetuning_disk_warning_with_numbers_and_remedies() -> None:
+    import re
+
+    from emt.launchers.plan import checkpoint_bytes, model_arch
+
+    ov = ["training.method=full", "training.deepspeed=zero3", "cluster.disk_budget_gb=2000"]
+    cfg = load_config(REPO / "configs" / "paper.yaml", ov)
+    runs = build_sweep(cfg)
+    rows = plan_runs(cfg, runs)
+    arch, _ = model_arch(cfg)
+    per_ckpt, resume = checkpoint_bytes(cfg, arch)
+    assert 15.0e9 < per_ckpt < 15.5e9  # 7.6 B parameters x 2 B (bf16), no optimizer state
+    assert resume == 6 * per_ckpt
+    medical = rows[0]
+    assert medical.checkpoints == 281
+    assert medical.disk_gb == pytest.approx((281 * per_ckpt + resume) / 1e9)
+    text = format_plan(cfg, rows, [])
+    warning = next(line for line in text.splitlines() if line.startswith("WARNING"))
+    total = sum(r.disk_gb for r in rows)
+    assert f"~{total:,.1f} GB of checkpoints exceeds cluster.disk_budget_gb=2000" in warning
+    assert "1473 kept checkpoint(s) x 15.23 GB (full model)" in warning
+    keep = int(re.search(r"checkpointing.keep_every=(\d+) keeps", text).group(1))
+    assert "evaluation on the fly" in text and "follow mode" in text
+    # paper.yaml writes resume state every 10 steps; at every checkpoint the plan says what that costs.
+    every = load_config(REPO / "configs" / "paper.yaml", ov + ["checkpointing.resume_state_every=null"])
+    note = format_plan(every, plan_runs(every, build_sweep(every)), [])
+    assert "NOTE: resume state (91.39 GB) is written at all 1473 checkpoints, 6x the checkpoint" in note
+    assert "checkpointing.resume_state_every=N" in note and "NOTE" not in text
+
+    # The suggested keep_every fits the budget; the next smaller one would not.
+    fitted = load_config(REPO / "configs" / "paper.yaml", ov + [f"checkpointing.keep_every={keep}"])
+    fitted_rows = plan_runs(fitted, build_sweep(fitted))
+    assert sum(r.disk_gb for r in fitted_rows) <= 2000
+    assert fitted_rows[0].checkpoints == 281  # every 2 steps is still saved (and can be scored)
+    assert "WARNING" not in format_plan(fitted, fitted_rows, [])
+    tighter = load_config(REPO / "configs" / "paper.yaml", ov + [f"checkpointing.keep_every={keep - 2}"])
+    assert sum(r.disk_gb for r in plan_runs(tighter, build_sweep(tighter))) > 2000
+
+    # LoRA checkpoints of the same sweep fit easily.
+    lora = load_config(REPO / "configs" / "paper.yaml", ["cluster.disk_budget_gb=2000"])
+    assert "WARNING" not in format_plan(lora, plan_runs(lora, build_sweep(lora)), [])
+
+
+def _profile(tmp_path, **over) -> str:
+    """A profile in bench/gpu_check.py's format (a test fixture: figures written by hand)."""
+    import json
+
+    prof = {"schema": 1, "source": "bench/gpu_check.py", "date": "2026-12-02T00:00:00Z", "mode": "gpu",
+            "device": "NVIDIA H100 80GB HBM3", "peak_tflops_measured": 780.0, "peak_tflops_datasheet": 989.4,
+            "train": {"lora": {"achieved_tflops": 100.0}, "full:zero3": {"achieved_tflops": 50.0}},
+            "eval": {"backend": "hf", "s_per_checkpoint": 30.0, "capture_s": 2.0, "sequences": 60,
+                     "max_new_tokens": 1000, "batch_size": 64}}
+    prof.update(over)
+    path = tmp_path / "gpu_check.json"
+    path.write_text(json.dumps({"parts": {}, "profile": prof}))
+    return str(path)
+
+
+def test_measured_profile_replaces_the_assumed_rate(tmp_path) -> None:
+    from emt.core.profiles import load_profile
+    from emt.launchers.plan import checkpoint_bytes, eval_seconds, model_arch
+
+    path = _profile(tmp_path)
+    assumed = load_config(REPO / "configs" / "paper.yaml", ["cluster.gpu_tflops=250"])
+    measured = load_config(REPO / "configs" / "paper.yaml", ["cluster.gpu_tflops=250", f"cluster.profile={path}"])
+    a_rows, m_rows = plan_runs(assumed, build_sweep(assumed)), plan_runs(measured, build_sweep(measured))
+    arch, _ = model_arch(measured)
+    # Same writes, compute at 100 instead of 250 TFLOP/s: the compute part is 2.5x longer.
+    write_h = a_rows[0].gpu_hours - _compute_hours(a_rows[0], arch, measured, 250)
+    assert m_rows[0].gpu_hours == pytest.approx(write_h + _compute_hours(m_rows[0], arch, measured, 100.0))
+    text = format_plan(measured, m_rows, [])
+    assert f"Training rate: measured 100 TFLOP/s (lora) from profile {path} (NVIDIA H100 80GB HBM3, 2026-12-02" in text
+    assert "assumed cluster.gpu_tflops=250 TFLOP/s (no cluster.profile" in format_plan(assumed, a_rows, [])
+
+    # Evaluation: 40 questions x 10 samples = 400 answers = 7 batches of 64 against the measured 1,
+    # same answer length; paper.yaml captures activations (2 s per 60 answers).
+    s, src = eval_seconds(measured, load_profile(path))
+    assert s == pytest.approx(30.0 * 7 + 2.0 * 400 / 60)
+    assert "transformers backend measured 30 s for 60 answers x 1000 tokens" in src and "upper bound" in src
+    assert m_rows[0].eval_gpu_hours == pytest.approx((m_rows[0].checkpoints + 1) * s / 3600)
+    assert a_rows[0].eval_gpu_hours == pytest.approx((a_rows[0].checkpoints + 1) * assumed.eval.checkpoint_cost_s / 3600)
+    assert "Evaluation: assumed eval.checkpoint_cost_s=" in format_plan(assumed, a_rows, [])
+
+    # Full fine-tuning takes the DeepSpeed figure for its stage; a method the profile lacks falls
+    # back to the assumed rate and says so.
+    full = load_config(REPO / "configs" / "paper.yaml", ["training.method=full", "training.deepspeed=zero3",
+                                                         f"cluster.profile={path}"])
+    assert "measured 50 TFLOP/s (full:zero3)" in format_plan(full, plan_runs(full, build_sweep(full)), [])
+    lora_only = _profile(tmp_path, train={"lora": {"achieved_tflops": 100.0}})
+    full2 = load_config(REPO / "configs" / "paper.yaml", ["training.method=full", "training.deepspeed=zero3",
+                                                          f"cluster.profile={lora_only}", "cluster.gpu_tflops=250"])
+    assert "assumed cluster.gpu_tflops=250 TFLOP/s (the profile" in format_plan(full2, plan_runs(full2, build_sweep(full2)), [])
+    assert checkpoint_bytes(full2, arch)[0] > 0
+
+
+def _compute_hours(row, arch, cfg, tflops: float) -> float:
+    from emt.launchers.plan import DEFAULT_TOKENS_PER_EXAMPLE
+
+    t = cfg.training
+    tokens = row.steps * t.per_device_batch_size * t.grad_accum * DEFAULT_TOKENS_PER_EXAMPLE
+    held = min(row.heldout, cfg.checkpointing.heldout_max_examples or row.heldout)
+    flops = 4 * arch.params() * tokens + 2 * arch.params() * (row.checkpoints + 1) * held * DEFAULT_TOKENS_PER_EXAMPLE
+    return flops / (tflops * 1e12) / 3600
+
+
+def test_bad_profile_is_one_clear_config_error(tmp_path) -> None:
+    from emt.core.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs" / "paper.yaml", [f"cluster.profile={tmp_path / 'missing.json'}"])
+    assert "cluster.profile" in str(err.value) and "no such file" in str(err.value) and "bench/gpu_check.py" in str(err.value)
+    bad = _profile(tmp_path, train={"lora": {"achieved_tflops": -3}}, eval={"s_per_checkpoint": 5.0})
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs" / "paper.yaml", [f"cluster.profile={bad}"])
+    msg = str(err.value)
+    # Every problem of the file in one message.
+    assert "profile.train.lora.achieved_tflops: must be a number > 0, got -3" in msg
+    assert "s_per_checkpoint needs sequences, max_new_tokens and batch_size" in msg
+    (tmp_path / "old.json").write_text('{"profile": {"schema": 0}}')
+    with pytest.raises(ConfigError, match="schema 1"):
+        load_config(REPO / "configs" / "paper.yaml", [f"cluster.profile={tmp_path / 'old.json'}"])
+    with pytest.raises(ConfigError, match="unknown key 'profil'"):
+        load_config(REPO / "configs" / "paper.yaml", ["cluster.profil=x.json"])
