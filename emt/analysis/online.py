@@ -25,7 +25,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from emt.analysis._util import check_params, spacing
 from emt.analysis.onset import BASELINE_POINTS, DEFAULT_METHOD, MARGIN, K, onset
+from emt.analysis.summary import run_identity
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,6 @@ class OnlineDetector:
         if method == "glr":
             # the calibrated alarm, not glr on each prefix: testing every prefix at glr's per-series
             # rate would add up to a far larger false-alarm rate over a run
-            from emt.analysis._util import check_params
-
             check_params("glr (online)", self.params, set(ALARM_PARAMS))
             self.alarm = CalibratedAlarm(**self.params)
         else:
@@ -169,15 +169,12 @@ def replay(
     """
     import pandas as pd
 
-    from emt.analysis._util import spacing
-    from emt.analysis.summary import parse_run_name
-
     rows = []
     for d in runs:
         name = str(d.get("attrs", {}).get("run", ""))
         steps = np.asarray(d["steps"])
         sp = spacing(steps)
-        row: dict[str, Any] = {"run": name, "level": parse_run_name(name)["level"]}
+        row: dict[str, Any] = {"run": name, "level": run_identity(d, name)["level"]}
         alerts = {}
         for t in (early, late):
             if t not in d["traits"]:

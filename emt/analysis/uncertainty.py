@@ -8,7 +8,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from emt.analysis._util import as_series, quiet_runtime_warnings, spacing
+from emt.analysis._util import as_series, check_params, quiet_runtime_warnings, spacing
+from emt.analysis.metrics import peak
 from emt.analysis.onset import (
     BASELINE_POINTS, DEFAULT_METHOD, GLR_PARAMS, MARGIN, PENALTY, WINDOW, K, foot_onset_index, glr_detect_index,
     onset, threshold_onset_index,
@@ -146,8 +147,6 @@ def _resolve(stat_fn: str | StatFn, batched: bool, method: str, params: dict[str
         return stat_fn, batched
     if stat_fn == "onset":
         if method == "glr":
-            from emt.analysis._util import check_params
-
             check_params(method, params, set(GLR_PARAMS))
             kw = {k: v for k, v in params.items() if k != "se"}
             se = params.get("se")
@@ -160,7 +159,6 @@ def _resolve(stat_fn: str | StatFn, batched: bool, method: str, params: dict[str
             return batched_glr, True
         if method in ("threshold", "foot") and not {"baseline"} & set(params):
             # the default methods run on all replicates at once (numpy, no Python loop over rows)
-            from emt.analysis._util import check_params
 
             if method == "threshold":
                 check_params(method, params, {"margin", "k", "baseline_points"})
@@ -185,8 +183,6 @@ def _resolve(stat_fn: str | StatFn, batched: bool, method: str, params: dict[str
             return batched_onset, True
         return (lambda st, y: onset(st, y, method=method, **params)), False
     if stat_fn in ("peak_value", "peak_step"):
-        from emt.analysis.metrics import peak
-
         col = 0 if stat_fn == "peak_value" else 1
         return (lambda st, y: peak(st, y)[col]), False
     raise ValueError(f"unknown stat_fn {stat_fn!r}; use 'onset', 'peak_value', 'peak_step' or a callable")

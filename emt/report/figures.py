@@ -23,7 +23,7 @@ import numpy as np
 from emt.core import atomic
 from emt.analysis.metrics import _nanmean_rows, lead_times_all_methods
 from emt.analysis.onset import DEFAULT_METHOD
-from emt.analysis.summary import EARLY, LATE, parse_run_name, run_summary
+from emt.analysis.summary import EARLY, LATE, run_identity, run_summary
 
 # Okabe-Ito: distinguishable under the common colour-vision deficiencies and in greyscale print.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -122,7 +122,7 @@ def _traits_of(runs: Sequence[Run]) -> list[str]:
 
 
 def _sort_key(d: Run) -> tuple[Any, ...]:
-    p = parse_run_name(run_name(d))
+    p = run_identity(d, run_name(d))
     lvl = LEVEL_ORDER.index(p["level"]) if p["level"] in LEVEL_ORDER else len(LEVEL_ORDER)
     return (p["domain"] or "", lvl, p["level"] or "", p["seed"] or 0, run_name(d))
 
@@ -182,7 +182,7 @@ def plot_domain_trajectories(
     plt = _plt()
     by_domain: dict[str, list[Run]] = {}
     for d in sorted(runs, key=_sort_key):
-        by_domain.setdefault(parse_run_name(run_name(d))["domain"] or run_name(d) or "run", []).append(d)
+        by_domain.setdefault(run_identity(d, run_name(d))["domain"] or run_name(d) or "run", []).append(d)
     out: list[Path] = []
     for domain, drs in by_domain.items():
         traits = _traits_of(drs)
@@ -193,7 +193,7 @@ def plot_domain_trajectories(
                 tr = d["traits"].get(t)
                 if tr is None:
                     continue
-                p = parse_run_name(run_name(d))
+                p = run_identity(d, run_name(d))
                 steps = np.asarray(d["steps"])
                 y = np.asarray(tr["score"], dtype=np.float64)
                 if not _finite(y):

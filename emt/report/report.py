@@ -31,7 +31,7 @@ from emt.analysis.online import replay
 from emt.analysis.onset import (
     DEFAULT_METHOD, METHODS, onset_cusum, onset_foot, onset_glr, onset_piecewise, onset_ruptures, onset_threshold,
 )
-from emt.analysis.summary import EARLY, LATE, headline_table, parse_run_name, run_summary, tidy_table
+from emt.analysis.summary import EARLY, LATE, headline_table, run_identity, run_summary, tidy_table
 from emt.analysis.uncertainty import paired_seed_comparison, pooled_seeds
 from emt.core import atomic
 from emt.report.figures import plot_all, plot_overlap, plot_persona, run_name
@@ -98,7 +98,7 @@ def tidy_frame(runs: Sequence[Mapping[str, Any]]) -> Any:
     frames = []
     for d in runs:
         df = tidy_table(d)
-        p = parse_run_name(run_name(d))
+        p = run_identity(d, run_name(d))
         df.insert(0, "seed", p["seed"])
         df.insert(0, "level", p["level"])
         df.insert(0, "domain", p["domain"])
@@ -293,13 +293,13 @@ def diagnostics_tables(runs: Sequence[Mapping[str, Any]], diags: Mapping[str, Ma
     by_dom: dict[str, list[Mapping[str, Any]]] = {}
     by_sched: dict[str, list[Mapping[str, Any]]] = {}
     for d in runs:
-        p = parse_run_name(run_name(d))
+        p = run_identity(d, run_name(d))
         if p["variant"] is None:
             by_dom.setdefault(p["domain"] or "runs", []).append(d)
         by_sched.setdefault(f"{p['domain']}_{p['level']}", []).append(d)
     # the schedule sweep: one domain and level under several schedules (the plain run included)
     sched = {k: v for k, v in by_sched.items()
-             if any(parse_run_name(run_name(d))["variant"] for d in v)}
+             if any(run_identity(d, run_name(d))["variant"] for d in v)}
     return {"loss_alignment": pd.DataFrame(la), "predictor": pd.DataFrame(pr), "persona": pd.DataFrame(pe),
             "matched_loss": matched(by_dom, "domain"), "schedules": matched(sched, "run group")}
 
