@@ -72,7 +72,7 @@ def coherence_drop(coh_scores: Any, to: str = "last") -> float | None:
     """
     c = np.asarray(coh_scores, dtype=np.float64)
     if c.ndim > 1:
-        c = _nanmean_rows(c.reshape(c.shape[0], -1))
+        c = nanmean_rows(c.reshape(c.shape[0], -1))
     c = c[np.isfinite(c)]
     if c.size < 2 or c[0] == 0:
         return None
@@ -82,7 +82,7 @@ def coherence_drop(coh_scores: Any, to: str = "last") -> float | None:
     return float(100.0 * (c[0] - end) / c[0])
 
 
-def _nanmean_rows(a: np.ndarray) -> np.ndarray:
+def nanmean_rows(a: np.ndarray) -> np.ndarray:
     """NaN-aware mean of each row; NaN (no warning) for an all-NaN row."""
     m = np.isfinite(a)
     cnt = m.sum(axis=1)

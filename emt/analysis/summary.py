@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from emt.analysis._util import spacing
-from emt.analysis.metrics import _nanmean_rows, auc, coherence_drop, peak
+from emt.analysis.metrics import nanmean_rows, auc, coherence_drop, peak
 from emt.analysis.onset import DEFAULT_METHOD, detect
 from emt.analysis.uncertainty import bootstrap, bootstrap_onsets, checkpoint_se
 
@@ -50,7 +50,7 @@ def _coherence_series(tr: Mapping[str, Any]) -> np.ndarray | None:
     if coh is None:
         return None
     c = np.asarray(coh, dtype=np.float64)
-    return _nanmean_rows(c.reshape(c.shape[0], -1)) if c.ndim > 1 else c
+    return nanmean_rows(c.reshape(c.shape[0], -1)) if c.ndim > 1 else c
 
 
 def run_summary(

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from emt.core import atomic
-from emt.analysis.metrics import _nanmean_rows, lead_times_all_methods
+from emt.analysis.metrics import lead_times_all_methods, nanmean_rows
 from emt.analysis.onset import DEFAULT_METHOD
 from emt.analysis.summary import EARLY, LATE, run_identity, run_summary
 
@@ -97,7 +97,7 @@ def _question_ci(samples: Any, level_z: float = 1.96) -> tuple[np.ndarray, np.nd
         nan = np.full(n, np.nan)
         return nan, nan, nan
     n, q, s = x.shape
-    qm = _nanmean_rows(x.reshape(n * q, s)).reshape(n, q)  # per-question means
+    qm = nanmean_rows(x.reshape(n * q, s)).reshape(n, q)  # per-question means
     m = np.isfinite(qm)
     cnt = m.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -291,7 +291,7 @@ def plot_coherence(runs: Sequence[Run], out_dir: Path) -> list[Path]:
             if tr is None or tr.get("coherence") is None:
                 continue
             c = np.asarray(tr["coherence"], dtype=np.float64)
-            c = _nanmean_rows(c.reshape(c.shape[0], -1)) if c.ndim > 1 else c
+            c = nanmean_rows(c.reshape(c.shape[0], -1)) if c.ndim > 1 else c
             if not _finite(c):
                 continue
             drawn = True
