@@ -135,7 +135,9 @@ def derive_seed(*parts: object) -> int:
 
     62 bits leave room below 2**63 for vLLM, which gives the i-th of n samples ``seed + i``.
     """
-    text = ":".join(str(p) for p in ("emt.eval.generate", *parts))
+    # "emt.generate" is part of the seed recipe, not a module name: it stays when modules move,
+    # or every stored answer of an existing run would be drawn anew.
+    text = ":".join(str(p) for p in ("emt.generate", *parts))
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 2
 
 
