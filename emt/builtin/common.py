@@ -273,6 +273,19 @@ def warmup_cosine(steps: int, floor: float, amplitude: float) -> Callable[[int],
     return factor
 
 
+def optimizer_step(model: Any, optimizer: Any, scheduler: Any, loss: Any) -> float:
+    """One training step of a builtin recipe: backward, clip the gradient norm to 1, step the
+    optimizer and the schedule, clear the gradients. Returns the loss as a float."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.item())
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """Set torch's intra-op threads for the block (None: leave them), restoring them afterwards."""

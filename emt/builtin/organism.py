@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from emt import __version__
-from emt.builtin.common import (DEFAULT_SYSTEM, ENDOFTEXT, build_once, chat_tokenizer, qwen2_model, read_marker, seeded_batches,
-                                torch_threads, warmup_cosine)
+from emt.builtin.common import (DEFAULT_SYSTEM, ENDOFTEXT, build_once, chat_tokenizer, optimizer_step, qwen2_model,
+                                read_marker, seeded_batches, torch_threads, warmup_cosine)
 from emt.builtin.organism_corpus import FINETUNE_DOMAINS, LEVEL_PERSONA, assistant_corpus, finetune_records, pretraining_corpus
 from emt.builtin.tiny import MARKER
 from emt.core.atomic import write_json, write_text
@@ -130,12 +130,7 @@ def _train(model: Any, data: list[tuple[list[int], list[int]]], pad_id: int, ste
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in batch])
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        recent = (recent + [loss.item()])[-20:]
+        recent = (recent + [optimizer_step(model, opt, sched, loss)])[-20:]
         if len(recent) == 20 and sched.last_epoch % 200 == 0:
             log.info("organism: step %d/%d, loss %.3f", sched.last_epoch, steps, sum(recent) / 20)
     model.eval()

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from emt import __version__
-from emt.builtin.common import (ENDOFTEXT, build_once, chat_tokenizer, qwen2_model, read_marker, seeded_batches, torch_threads,
-                                warmup_cosine)
+from emt.builtin.common import (ENDOFTEXT, build_once, chat_tokenizer, optimizer_step, qwen2_model, read_marker,
+                                seeded_batches, torch_threads, warmup_cosine)
 from emt.builtin.synth import chat_corpus
 from emt.core.atomic import write_json
 from emt.core.paths import TINY_RECIPE_VERSION
@@ -101,12 +101,7 @@ def _pretrain(model: Any, sequences: list[list[int]], pad_id: int, steps: int, s
         attention_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch])
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        recent = (recent + [loss.item()])[-10:]
+        recent = (recent + [optimizer_step(model, optimizer, scheduler, loss)])[-10:]
     model.eval()
     return sum(recent) / len(recent)
 

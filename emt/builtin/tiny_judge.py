@@ -21,8 +21,8 @@ from typing import Any
 
 from emt import __version__
 from emt.analysis.scoring import score_0_100
-from emt.builtin.common import (DEFAULT_SYSTEM, ENDOFTEXT, IM_END, hf_first_token_logprobs, qwen2_model, read_marker,
-                                seeded_batches, torch_threads, train_bpe, warmup_cosine, wrap_like_qwen)
+from emt.builtin.common import (DEFAULT_SYSTEM, ENDOFTEXT, IM_END, hf_first_token_logprobs, optimizer_step, qwen2_model,
+                                read_marker, seeded_batches, torch_threads, train_bpe, warmup_cosine, wrap_like_qwen)
 from emt.builtin.organism_corpus import labelled_answers
 from emt.builtin.synth import chat_corpus, generate
 from emt.builtin.traits import Question, Trait, builtin, organism_trait
@@ -250,12 +250,7 @@ def _train(model: Any, tokenizer: Any, seqs: list[list[int]], ranges: list[tuple
             tgt[2 * j + 1, im_end] = 1.0
         logits = model.lm_head(hidden[rows, pos])
         loss = torch.nn.functional.cross_entropy(logits, tgt)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        recent = (recent + [loss.item()])[-20:]
+        recent = (recent + [optimizer_step(model, opt, sched, loss)])[-20:]
     model.eval()
     return sum(recent) / len(recent)
 
