@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emt.analysis import DEFAULT_METHOD, onset, run_summary
-from emt.store.activations import read_h5
+from emt.analysis import DEFAULT_METHOD, run_summary
+from emt.analysis.persona import alarm_auroc, auroc, gap_percent, persona_lead
 from emt.store import scores as store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,65 +42,46 @@ def _run(cmd: list[str]) -> float:
     return time.monotonic() - t
 
 
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mann-Whitney AUROC (ties count half); NaN when a class is empty."""
-    s, y = np.asarray(scores, float), np.asarray(labels, bool)
-    ok = np.isfinite(s)
-    s, y = s[ok], y[ok]
-    pos, neg = s[y], s[~y]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
-
-
 def analyse(out_root: Path, n_boot: int) -> list[dict]:
-    rows, ck_s, ck_y, ans_s, ans_y = [], [], [], [], []
+    """One JSON line per run, then the pooled activation-alarm AUROCs (emt.analysis.persona)."""
+    rows, runs, ans_s, ans_y = [], [], [], []
     for h5 in sorted(out_root.glob("runs/*/scores.h5")):
         d = store.load(h5)
+        runs.append(d)
         s = run_summary(d, n_boot=n_boot)
         steps = np.asarray(d["steps"])
-        act = read_h5(h5, responses=True)
-        row = {"run": s["run"], "n_ckpt": int(steps.size), "last_step": int(steps[-1])}
+        row = {"run": s["run"], "seed": s.get("seed"), "n_ckpt": int(steps.size), "last_step": int(steps[-1])}
         for t in ("evil", "hallucination"):
             tr = s["traits"].get(t, {})
             row[f"{t}_onset"] = tr.get("onset_step")
             row[f"{t}_ci"] = (tr.get("onset_lo"), tr.get("onset_hi"))
             y = np.asarray(d["traits"][t]["score"], float)
-            row[f"{t}_first_last"] = (round(float(y[0]), 1), round(float(np.nanmax(y)), 1), round(float(y[-1]), 1))
+            row[f"{t}_first_peak_last"] = (round(float(y[0]), 1), round(float(np.nanmax(y)), 1), round(float(y[-1]), 1))
         lt = s["lead_time"] or {}
         row["lead_ckpt"] = lt.get("checkpoints")
         row["lead_ci"] = (lt.get("lo"), lt.get("hi"))
-        pe = act["traits"].get("evil", {}).get("persona")
+        pe = d["traits"]["evil"].get("persona")
         if pe is not None:
-            shift = np.asarray(pe["shift"], float)[:, -1]  # last captured layer
-            row["persona_onset"] = onset(steps, shift)
-            y = np.asarray(d["traits"]["evil"]["score"], float)
-            ck_s += list(shift)
-            ck_y += list(y - y[0] >= 10.0)
-            proj = np.asarray(pe["projection"], float)[..., -1]  # [n, q, s]
-            base = np.nanmean(proj[0])
-            samples = np.asarray(d["traits"]["evil"]["samples"], float)
-            ans_s += list((proj - base).ravel())
-            ans_y += list((samples >= 50).ravel())
-            row["persona_kept"] = pe.get("kept")
-        else:
-            row["persona_onset"] = None
+            last = max(persona_lead(steps, d["traits"]["evil"]["samples"], pe, n_boot=n_boot).items())
+            row.update({f"persona_{k}": v for k, v in last[1].items()}, persona_layer=last[0], persona_kept=pe.get("kept"))
+            proj = gap_percent(np.asarray(pe["projection"], float)[..., -1], np.asarray(pe["gap"])[-1])
+            ans_s += list((proj - np.nanmean(proj[0])).ravel())
+            ans_y += list((np.asarray(d["traits"]["evil"]["samples"], float) >= 50).ravel())
         rows.append(row)
         print(json.dumps(row, default=str), flush=True)
-    if ck_s:
-        print(json.dumps({"auroc_checkpoint": auroc(np.array(ck_s), np.array(ck_y)),
-                          "checkpoints_pos": int(np.sum(ck_y)), "checkpoints": len(ck_y),
-                          "auroc_answer": auroc(np.array(ans_s), np.array(ans_y)),
-                          "answers_pos": int(np.sum(ans_y)), "answers": len(ans_y), "method": DEFAULT_METHOD}))
+    for layer, a in alarm_auroc(runs, "evil", n_boot=1000).items():
+        print(json.dumps({"alarm_layer": layer, **a, "method": DEFAULT_METHOD}), flush=True)
+    if ans_s:
+        print(json.dumps({"auroc_answer_last_layer": auroc(np.array(ans_s), np.array(ans_y)),
+                          "answers_pos": int(np.sum(ans_y)), "answers": len(ans_y)}), flush=True)
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/debug.yaml")
+    ap.add_argument("--config", default="configs/organism.yaml")
     ap.add_argument("--cluster", default="configs/cluster/local.yaml")
-    ap.add_argument("--runs", default="medical_strong,medical_normal")
+    ap.add_argument("--runs", default="medical_strong,medical_normal", help="run names, or all (the whole sweep)")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--out", default="outputs", help="cluster.output_root")
     ap.add_argument("--n-boot", type=int, default=200)
@@ -110,8 +91,10 @@ def main() -> None:
     py = sys.executable
     if not a.analyse_only:
         common = ["--config", a.config, "--cluster", a.cluster, "--local", f"cluster.output_root={a.out}", *a.overrides]
-        t_train = _run([py, "launch/train.py", "--runs", a.runs, "--seeds", a.seeds, *common])
-        t_eval = _run([py, "launch/eval_array.py", "--run", a.runs, "--seeds", a.seeds, *common])
+        which_train = ["--sweep", "all"] if a.runs == "all" else ["--runs", a.runs]
+        which_eval = ["--all"] if a.runs == "all" else ["--run", a.runs]
+        t_train = _run([py, "launch/train.py", *which_train, "--seeds", a.seeds, *common])
+        t_eval = _run([py, "launch/eval_array.py", *which_eval, "--seeds", a.seeds, *common])
         print(json.dumps({"train_s": round(t_train, 1), "eval_s": round(t_eval, 1)}), flush=True)
     analyse(Path(a.out), a.n_boot)
 

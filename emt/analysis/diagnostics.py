@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from emt.analysis.persona import persona_lead
+
 
 # ---------------------------------------------------------------------------------------------
 # correlations
@@ -344,11 +346,15 @@ def run_diagnostics(
 
     Returns ``{"loss_alignment": {trait: {...}}, "predictor": {trait: {layer: ridge_cv result}},
     "overlap": {layer: [n]}, "persona": {trait: {"mean": [n, L], "shift": [n, L], ...}},
-    "layers": [...]}``; parts without data are empty.
+    "persona_lead": {trait: {layer: ...}} (:func:`emt.analysis.persona.persona_lead`), "layers": [...]}``;
+    parts without data are empty.
     """
+    persona = {t: d["persona"] for t, d in run["traits"].items() if d.get("persona")}
     out: dict[str, Any] = {"loss_alignment": loss_vs_alignment(run), "predictor": {}, "overlap": {},
-                           "persona": {t: d["persona"] for t, d in run["traits"].items() if d.get("persona")},
-                           "layers": list((acts or {}).get("layers", []))}
+                           "persona": persona, "layers": list((acts or {}).get("layers", [])),
+                           "persona_lead": {t: persona_lead(run["steps"], run["traits"][t]["samples"], p,
+                                                            n_boot=n_boot, seed=seed)
+                                            for t, p in persona.items() if run["traits"][t].get("samples") is not None}}
     if not acts or not acts.get("layers"):
         return out
     layers = list(acts["layers"])

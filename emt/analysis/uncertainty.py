@@ -310,20 +310,27 @@ class OnsetComparison:
 
 def bootstrap_onsets(
     steps: Any, early_samples: Any, late_samples: Any, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-    within: bool = False, method: str = DEFAULT_METHOD, noise_from_samples: bool = True, **params: Any,
+    within: bool = False, method: str = DEFAULT_METHOD, noise_from_samples: bool = True, paired: bool = False,
+    **params: Any,
 ) -> OnsetComparison:
     """Onset intervals of both traits, the lead-time interval and P(early onset precedes late's),
     all from the same replicates (questions resampled; samples too with ``within=True``).
 
     With ``method="glr"`` and ``noise_from_samples=True`` (default) each trait's per-checkpoint
     standard error (:func:`checkpoint_se`) is the glr noise input. Traits are resampled
-    independently (their questions differ, see :func:`bootstrap_lead_time`).
+    independently (their questions differ, see :func:`bootstrap_lead_time`), unless ``paired``:
+    then both arrays are two measures of the same answers (the judge's score and a persona
+    projection, say; same shape) and every replicate draws the same questions for both.
     """
     s, _ = as_series(steps, np.zeros(np.shape(steps)[0]))
     e, l_ = check_samples(early_samples), check_samples(late_samples)
+    if paired and e.shape != l_.shape:
+        raise ValueError(f"paired bootstrap needs two measures of the same answers; shapes {e.shape} and {l_.shape}")
     sp = spacing(s)
     ss = np.random.SeedSequence(seed)
-    ge, gl = (np.random.default_rng(c) for c in ss.spawn(2))
+    ce, cl = ss.spawn(2)
+    # paired: two generators from one seed draw identical question indices for equal shapes
+    ge, gl = np.random.default_rng(ce), np.random.default_rng(ce if paired else cl)
 
     def one(x: np.ndarray, g: np.random.Generator) -> tuple[float, np.ndarray]:
         p = dict(params)

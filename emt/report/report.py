@@ -28,6 +28,7 @@ import numpy as np
 from emt.analysis.diagnostics import correlation, matched_loss_table, run_diagnostics
 from emt.analysis.metrics import lead_times_all_methods
 from emt.analysis.online import replay
+from emt.analysis.persona import ALARM_RISE, alarm_auroc
 from emt.analysis.onset import (
     DEFAULT_METHOD, METHODS, onset_cusum, onset_foot, onset_glr, onset_piecewise, onset_ruptures, onset_threshold,
 )
@@ -250,7 +251,10 @@ def diagnostics_tables(runs: Sequence[Mapping[str, Any]], diags: Mapping[str, Ma
     of a learning-schedule sweep (one domain and level, several schedules); ``predictor``: cross-validated
     ridge R^2 (95% CI) from the base model's prompt activations to each question's final score,
     per run, trait and layer; ``persona``: per run and trait, the confirmed pairs behind the
-    vector and the correlation of its projection with the judge score.
+    vector, the correlation of its projection with the judge score, the onsets of both and the
+    lead (:func:`emt.analysis.persona.persona_lead`); ``alarm``: per trait and layer, the AUROC of
+    the projection as an alarm against the judge's verdict per checkpoint, pooled over the runs
+    (:func:`emt.analysis.persona.alarm_auroc`).
     """
     import pandas as pd
 
@@ -271,10 +275,17 @@ def diagnostics_tables(runs: Sequence[Mapping[str, Any]], diags: Mapping[str, Ma
             layers = list(p.get("layers", []))
             score = np.asarray(d["traits"][t]["score"], dtype=np.float64)
             for i in range(mean.shape[1] if mean.ndim == 2 else 0):
+                layer = layers[i] if i < len(layers) else i
                 c = correlation(mean[:, i], score)
-                pe.append({"run": name, "trait": t, "layer": layers[i] if i < len(layers) else i,
+                ld = dg.get("persona_lead", {}).get(t, {}).get(int(layer), {})
+                pe.append({"run": name, "trait": t, "layer": layer,
                            "pairs_kept": f"{p.get('kept', '?')}/{p.get('pairs', '?')}",
-                           "r_projection_vs_judge": c["r"], "r_ci": _ci(c)})
+                           "r_projection_vs_judge": c["r"], "r_ci": _ci(c),
+                           "onset_projection": ld.get("persona_onset"),
+                           "onset_projection_ci": _ci({"lo": ld.get("persona_lo"), "hi": ld.get("persona_hi")}),
+                           "onset_judge": ld.get("judge_onset"),
+                           "lead_checkpoints": ld.get("lead"),
+                           "lead_ci": _ci({"lo": ld.get("lead_lo"), "hi": ld.get("lead_hi")})})
     def matched(groups: Mapping[str, Sequence[Mapping[str, Any]]], label: str) -> Any:
         parts = []
         for key, ds in sorted(groups.items()):
@@ -300,8 +311,16 @@ def diagnostics_tables(runs: Sequence[Mapping[str, Any]], diags: Mapping[str, Ma
     # the schedule sweep: one domain and level under several schedules (the plain run included)
     sched = {k: v for k, v in by_sched.items()
              if any(run_identity(d, run_name(d))["variant"] for d in v)}
+    alarm = []
+    for t in sorted({t for dg in diags.values() for t in dg.get("persona", {})}):
+        for layer, a in alarm_auroc(runs, t).items():
+            ok = np.isfinite(a["auroc"])  # three decimals: these sit near 1, where 0.1 hides everything
+            alarm.append({"trait": t, "layer": layer, "auroc": f"{a['auroc']:.3f}" if ok else None,
+                          "auroc_ci": f"[{a['lo']:.3f}, {a['hi']:.3f}]" if ok and a["lo"] is not None else "–",
+                          "positive_checkpoints": f"{a['positives']}/{a['checkpoints']}", "runs": a["runs"],
+                          "resampled": a["resampled"]})
     return {"loss_alignment": pd.DataFrame(la), "predictor": pd.DataFrame(pr), "persona": pd.DataFrame(pe),
-            "matched_loss": matched(by_dom, "domain"), "schedules": matched(sched, "run group")}
+            "alarm": pd.DataFrame(alarm), "matched_loss": matched(by_dom, "domain"), "schedules": matched(sched, "run group")}
 
 
 def _ci(r: Mapping[str, Any]) -> str:
@@ -321,8 +340,14 @@ DIAGNOSTICS_TEXT = (
     "checkpoints. Overlap: mean squared cosine of the principal angles between the top-k subspaces of "
     "activation shifts from step 0 on training prompts and on evaluation prompts (1 = same, 0 = "
     "orthogonal). Persona: projection of the answers' response-token activations on the trait's persona "
-    "vector (mean(pos) - mean(neg) over judge-confirmed system-prompt pairs on the base model). Layers "
-    "are hidden_states indices (0 = embeddings).")
+    "vector (mean(pos) - mean(neg) over judge-confirmed system-prompt pairs on the base model), in percent of "
+    "the vector's length (100 = as far as from the neg to the pos persona); its onset is the onset method's on "
+    "the per-answer projections, the judge's on the same answers, and lead_checkpoints = judge onset - "
+    "projection onset (positive: the activations moved first), with 95% intervals from one paired bootstrap "
+    "over questions (1000 replicates). Alarm: the shift of a checkpoint's mean projection from step 0 as a "
+    f"score for the judge's verdict (mean trait score at least {ALARM_RISE:g} points above step 0), AUROC over "
+    "every run's checkpoints after step 0, interval from resampling whole runs (checkpoints with fewer than "
+    "3 runs). Layers are hidden_states indices (0 = embeddings).")
 
 
 def _diagnostics(runs: Sequence[Mapping[str, Any]], out_dir: Path, figures: bool) -> tuple[list[str], str, dict[str, list[Path]], dict[str, Any]]:
@@ -340,17 +365,21 @@ def _diagnostics(runs: Sequence[Mapping[str, Any]], out_dir: Path, figures: bool
     titles = {"loss_alignment": "Loss vs alignment (per run)", "matched_loss": "Trait scores at matched held-out loss",
               "schedules": "Learning-schedule sweep at matched held-out loss",
               "predictor": "Activation-based predictor (R^2 of ridge, out of fold)",
-              "persona": "Persona-vector projection vs judge score"}
+              "persona": "Persona-vector projection vs judge score",
+              "alarm": "Persona projection as an alarm (AUROC against the judge's verdict per checkpoint)"}
     has_acts = any(d.get("activation_layers") for d in runs)
     md = ["## Diagnostics", "", DIAGNOSTICS_TEXT, ""]
     h = [f"<h2>Diagnostics</h2><p>{html.escape(DIAGNOSTICS_TEXT)}</p>"]
     for key, title in titles.items():
         df = tables[key]
         if df.empty:
-            why = ("no activations captured (set activations.layers)" if key in ("predictor", "persona") and not has_acts
+            why = ("no activations captured (set activations.layers)" if key in ("predictor", "persona", "alarm")
+                   and not has_acts
+                   else "no checkpoint after step 0 with a persona projection"
+                   if key == "alarm" and not tables["persona"].empty
                    else "too few questions or checkpoints for a cross-validated fit" if key == "predictor"
                    else "no persona vector: the judge confirmed no (pos, neg) answer pair on the base model"
-                   if key == "persona"
+                   if key in ("persona", "alarm")
                    else "fewer than two runs per domain reach a common loss" if key == "matched_loss"
                    else "no schedule-sweep runs (launch/train.py --sweep schedules)" if key == "schedules" else "no data")
             md += [f"### {title}", "", f"_{why}_", ""]

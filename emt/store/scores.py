@@ -214,8 +214,9 @@ def load(path: str | Path, strings: bool = True) -> dict[str, Any]:
 
     Returns ``{"steps", "loss": {"train", "heldout"}, "traits": {trait: {"score", "samples",
     "coherence", "responses", "question_ids", "questions", "judges": {judge: {...}}[, "persona":
-    {"mean", "shift", ...}]}}, "attrs", "activation_layers"}`` (``activation_layers`` empty when no
-    activations were captured).
+    {"mean", "shift", "projection" (per answer [n, q, s, L]), "gap" (per layer, the persona vector's
+    norm), "kept", "pairs", "layers"}]}}, "attrs", "activation_layers"}`` (``activation_layers`` empty
+    when no activations were captured).
 
     ``strings=False`` reads the numbers only: the per-answer string arrays (``responses`` and each
     judge's ``raw``, ``reason``, ``coherence_raw``, ``coherence_reason``: by far the largest and
@@ -245,7 +246,9 @@ def load(path: str | Path, strings: bool = True) -> dict[str, Any]:
                             for jg in g["judges"].values()}
             if "persona" in g:  # the small persona signals only; activations.read_h5 has the rest
                 pg = g["persona"]
-                tr["persona"] = {k: pg[k][()] for k in ("mean", "shift") if k in pg}
+                tr["persona"] = {k: pg[k][()] for k in ("mean", "shift", "projection") if k in pg}
+                if "vector" in pg:  # per layer, the distance between the pos and neg personas' means
+                    tr["persona"]["gap"] = np.linalg.norm(pg["vector"][()].astype(np.float64), axis=-1)
                 tr["persona"].update({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in pg.attrs.items()})
             out["traits"][t] = tr
         out["activation_layers"] = h5["activations/layers"][()].tolist() if "activations" in h5 else []

@@ -157,6 +157,11 @@ def test_diagnostics_section(tmp_path: Path) -> None:
     t = rep["diagnostics"]
     assert set(t["loss_alignment"].trait) == {"evil", "hallucination"}
     assert (t["persona"].r_projection_vs_judge > 0.8).all()
+    # the planted projection moves with the judge's score: same onset, a lead interval around 0
+    strong = t["persona"][(t["persona"].run == "medical_strong") & (t["persona"].trait == "evil")]
+    assert (strong.onset_projection == strong.onset_judge).all() and (strong.lead_checkpoints == 0).all()
+    assert set(t["alarm"].trait) == {"evil", "hallucination"} and set(t["alarm"].layer) == {1, 2}
+    assert (t["alarm"].auroc.astype(float) > 0.9).all() and (t["alarm"].resampled == "checkpoints").all()
     assert (t["predictor"].r2 > 0.6).all() and set(t["predictor"].layer) == {1, 2}  # 12 questions, 16 dims
     assert set(t["matched_loss"].run) == {"medical_mild", "medical_strong"}
     assert {"persona", "overlap"} <= set(rep["figures"])
@@ -171,6 +176,7 @@ def test_diagnostics_section(tmp_path: Path) -> None:
     rep2 = build_report(bare, tmp_path / "report2")
     md = Path(rep2["md"]).read_text()
     assert "no activations captured (set activations.layers)" in md and "fewer than two runs" in md
+    assert "### Persona projection as an alarm" in md
     assert "persona" not in rep2["figures"]
 
 
