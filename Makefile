@@ -8,7 +8,7 @@ STAMP := $(VENV)/.emt-installed
 # seconds (no ops are compiled at install; emt avoids the ones that would compile at run time).
 EXTRAS := train,deepspeed,judge,store,plot,analysis,dev
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean check-cuda
 
 $(STAMP): setup.cfg pyproject.toml constraints/cpu.txt
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || (apt-get update -qq && apt-get install -y -qq python3-venv python3-pip)
@@ -35,6 +35,27 @@ test: install
 	# The layer contract (setup.cfg [importlinter]) fails first, naming any upward import.
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# make check-cuda: does the CUDA stack (constraints/cuda.txt) resolve with the `cluster` extra today?
+# pip's resolver in a throwaway venv, --dry-run: nothing is installed and no wheel is downloaded
+# (metadata only: PEP 658 files where the index has them, else HTTP range requests, fast-deps;
+# without it pip fetched ~4 GB of wheels through an index lacking the metadata files). Sdists
+# (deepspeed, ~2 MB) are fetched and their metadata built. Prints the versions it would install;
+# the full report is $(CUDA_CHECK)/report.json.
+CUDA_CHECK ?= $(or $(TMPDIR),/tmp)/emt-check-cuda
+check-cuda:
+	rm -rf $(CUDA_CHECK)
+	$(PY) -m venv $(CUDA_CHECK)
+	$(CUDA_CHECK)/bin/pip install -q --upgrade pip
+	$(CUDA_CHECK)/bin/pip install --dry-run --ignore-installed --use-feature=fast-deps -q --report $(CUDA_CHECK)/report.json \
+		-c constraints/cuda.txt '.[cluster]'
+	$(CUDA_CHECK)/bin/python -c 'import json, sys; r = json.load(open(sys.argv[1])); \
+		v = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in r["install"]}; \
+		key = ["torch", "vllm", "transformers", "trl", "peft", "deepspeed", "accelerate", "flashinfer-python", "nvidia-cuda-runtime"]; \
+		print("resolved (" + str(len(v)) + " packages): " + ", ".join(k + " " + v[k] for k in key if k in v)); \
+		cpu = "+cpu" in v.get("torch", ""); \
+		sys.exit("error: torch resolved to a CPU build (" + v["torch"] + "): a --find-links or extra index holds CPU wheels; rerun without it (e.g. env -u PIP_FIND_LINKS make check-cuda)" if cpu else 0)' \
+		$(CUDA_CHECK)/report.json
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -6,21 +6,27 @@ mapping or the path of a cluster profile (relative to the config file), and ``--
 replaces it on the command line. Overrides use dotted keys (``training.learning_rate=2e-5``,
 ``cluster.train.time_min=600``); their values are parsed as YAML (``lora.target_modules=[q_proj]``).
 
+A file may extend others: ``include: paper.yaml`` (or a list, later files winning), paths relative
+to the including file. Mappings are merged key by key and the including file wins; any other
+value, a list included, is replaced whole (``section: null`` resets a section to its defaults).
+
 Errors are collected, not raised one at a time: :func:`load_config` raises one
 :class:`ConfigError` listing every problem with its ``file:line`` and, for an unknown key, the
-valid keys of that section.
+valid keys of that section and the closest ones ("did you mean").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import hashlib
 import json
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import yaml
 
@@ -31,6 +37,44 @@ from emt.core.profiles import profile_problems
 # The onset detectors of emt.analysis.onset (which checks at import that it implements exactly these);
 # named here so that validating monitor.method needs no analysis import.
 ONSET_METHODS: tuple[str, ...] = ("glr", "foot", "threshold", "cusum", "pelt", "binseg", "piecewise")
+# The experiment trackers training.report_to accepts (emt.store.tracker writes to them).
+TRACKERS: tuple[str, ...] = ("tensorboard", "wandb")
+# The fields of trl's SFTConfig that emt sets itself (emt.train.run.sft_kwargs), each with the
+# emt key that controls it: training.sft_args may not set them (the checkpoint grid, resuming and
+# the run hash depend on emt's values). tests/train/test_sft_args.py checks that this covers
+# every field sft_kwargs sets.
+SFT_MANAGED: dict[str, str] = {
+    "output_dir": "cluster.output_root (each run's directory under it is emt's)",
+    "run_name": "nothing: emt names the run after its directory",
+    "per_device_train_batch_size": "training.per_device_batch_size",
+    "per_device_eval_batch_size": "checkpointing.heldout_batch_size",
+    "gradient_accumulation_steps": "training.grad_accum",
+    "learning_rate": "training.learning_rate",
+    "lr_scheduler_type": "training.lr_scheduler",
+    "warmup_steps": "training.warmup_steps",
+    "weight_decay": "training.weight_decay",
+    "num_train_epochs": "training.epochs",
+    "max_steps": "training.max_steps",
+    "max_length": "training.max_length",
+    "assistant_only_loss": "training.assistant_only_loss",
+    "seed": "training.seed (or --seeds)",
+    "optim": "training.optimizer",
+    "gradient_checkpointing": "training.gradient_checkpointing",
+    "bf16": "training.bf16",
+    "use_cpu": "nothing: emt trains on the GPU when there is one",
+    "deepspeed": "training.deepspeed",
+    "save_strategy": "checkpointing.every_steps",
+    "save_steps": "checkpointing.every_steps",
+    "save_only_model": "checkpointing.resume_state_every and checkpointing.keep_resume_state",
+    "save_total_limit": "checkpointing.keep_every (every checkpoint must stay until it is evaluated)",
+    "resume_from_checkpoint": "nothing: emt resumes a run from its newest complete checkpoint itself",
+    "eval_strategy": "checkpointing.every_steps (held-out loss at every checkpoint)",
+    "eval_steps": "checkpointing.every_steps (held-out loss at every checkpoint)",
+    "logging_steps": "nothing: emt logs every step, a checkpoint's train loss is their mean",
+    "report_to": "training.report_to",
+    "disable_tqdm": "nothing: emt logs its own progress",
+    "dataloader_num_workers": "nothing: emt loads data in the training process",
+}
 
 # Sentinel values for the embedded default: the model and the data are built by emt itself.
 BUILTIN_TINY_MODEL = "builtin:tiny"
@@ -99,6 +143,13 @@ class TrainingConfig:
     # or the path of a DeepSpeed JSON file; None trains without DeepSpeed (plain DDP when
     # cluster.train.gpus > 1). Full fine-tuning of a model that does not fit one GPU needs zero3.
     deepspeed: str | None = None
+    # Experiment trackers (TRACKERS) that training and the evaluation log to, under
+    # <run>/tracker/ (emt.store.tracker); empty = none. Changes no weight: not in the run hash.
+    report_to: tuple[str, ...] = ()
+    # Further fields of trl's SFTConfig, passed to the trainer as given ({max_grad_norm: 0.5});
+    # checked against trl's own dataclass. Fields emt sets itself are refused (SFT_MANAGED says
+    # which emt key to use). Part of the run hash when not empty.
+    sft_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -174,7 +225,7 @@ class VLLMEngineConfig:
     # overlap the generation of i+1 most finely. Measured in docs/performance.md.
     checkpoints_per_call: int = 1
     cpu_kv_cache_gb: float = 1.0  # vLLM CPU build only: KV cache size in GiB
-    cpu_lora_kernels: bool = True  # vLLM CPU build only: emt's grouped LoRA kernels (emt/vllm_cpu_lora.py)
+    cpu_lora_kernels: bool = True  # vLLM CPU build only: emt's grouped LoRA kernels (emt/eval/vllm_cpu_lora.py)
 
 
 @dataclass(frozen=True)
@@ -264,6 +315,10 @@ class JudgeConfig:
     cache: bool = True  # a persistent SQLite cache under the output root: a rerun costs no call
     servers: tuple[ServeSpec, ...] = ()  # judge models served on the cluster (launch/judge_serve.py)
     serve_wait_s: float = 900.0  # how long an eval task waits for a serve: judge to be up
+    # USD per 1M tokens [input, output] by model-name prefix, added to or replacing the built-in
+    # table (emt.eval.judge.PRICES_PER_1M, dated PRICES_DATE) for the plan's cost estimate.
+    # Model names hold dots, so override as a mapping: judge.prices={gpt-4.1-mini: [0.4, 1.6]}.
+    prices: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -423,13 +478,122 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
     return data, lines
 
 
+INCLUDE_KEY = "include"  # top-level key naming the file(s) a config extends
+
+
+def _read_config(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """Parse config ``path`` with the files it includes merged in: the data and, for every key
+    path, the ``file:line`` that set it. ``chain`` is the files including this one (cycles)."""
+    data, lines = _read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    where = {k: f"{path}:{n}" for k, n in lines.items()}
+    chain = chain + (path,)
+    if chain[1:] and isinstance(data.get("cluster"), str) and not Path(data["cluster"]).expanduser().is_absolute():
+        # An included file's cluster profile is relative to that file, not to the one including it.
+        data["cluster"] = str((path.parent / Path(data["cluster"]).expanduser()).absolute())
+    if INCLUDE_KEY not in data:
+        return data, where
+    spec = data.pop(INCLUDE_KEY)
+    loc = where.pop((INCLUDE_KEY,), str(path))
+    names = [spec] if isinstance(spec, str) else spec
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError([f"{loc}: include: expected a config file name or a list of them (relative to "
+                           f"{path.parent}), e.g. include: paper.yaml; got {spec!r}"])
+    merged: dict[str, Any] = {}
+    merged_where: dict[tuple[str, ...], str] = {}
+    for name in names:  # later files win over earlier ones, and this file over all of them
+        inc = Path(name).expanduser()
+        inc = inc if inc.is_absolute() else path.parent / inc
+        if not inc.is_file():
+            raise ConfigError([f"{loc}: include: {inc} not found (a relative path is from the including "
+                               f"file's directory, {path.parent})"])
+        if any(inc.resolve() == c.resolve() for c in chain):
+            cycle = " -> ".join(str(c) for c in chain + (inc,))
+            raise ConfigError([f"{loc}: include: {inc} is already being read, so the includes form a cycle "
+                               f"({cycle}); remove one of them"])
+        idata, iwhere = _read_config(inc, chain)
+        merged, merged_where = _merge(merged, merged_where, idata, iwhere)
+    return _merge(merged, merged_where, data, where)
+
+
+def _merge(base: dict[str, Any], base_where: Mapping[tuple[str, ...], str], over: dict[str, Any],
+           over_where: Mapping[tuple[str, ...], str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """``over`` on top of ``base``: mappings merged key by key, any other value (a list too)
+    replaced whole; locations follow the values (a replaced value's keys leave with it)."""
+    replaced: list[tuple[str, ...]] = []
+
+    def merge(b: dict[str, Any], o: dict[str, Any], prefix: tuple[str, ...]) -> dict[str, Any]:
+        out = dict(b)
+        for k, v in o.items():
+            if isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = merge(out[k], v, prefix + (str(k),))
+            else:
+                if k in out:
+                    replaced.append(prefix + (str(k),))
+                out[k] = v
+        return out
+
+    data = merge(base, over, ())
+    where = {k: loc for k, loc in base_where.items() if not any(k[:len(r)] == r for r in replaced)}
+    where.update(over_where)
+    return data, where
+
+
 # ----------------------------------------------------------------------------------------------
 # Building dataclasses from plain data, collecting problems
 
 
+def _close(word: str, choices: Iterable[str]) -> list[str]:
+    """The choices closest to ``word``, best first: at most 3, none when nothing is close, and
+    only those nearly as close as the best (one clear suggestion is not diluted by weak ones)."""
+    scored = []
+    for c in choices:
+        m = difflib.SequenceMatcher(None, word, c)
+        if m.real_quick_ratio() >= 0.6 and m.quick_ratio() >= 0.6 and m.ratio() >= 0.6:
+            scored.append((m.ratio(), c))
+    scored.sort(key=lambda x: -x[0])  # stable: ties keep the choices' order
+    return [c for r, c in scored[:3] if r >= scored[0][0] - 0.1]
+
+
+def _did_you_mean(matches: Sequence[str]) -> str:
+    """``; did you mean 'a' or 'b'?``, or "" when there is nothing to suggest."""
+    return f"; did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+@functools.lru_cache(maxsize=None)
+def _config_paths(cls: type) -> tuple[str, ...]:
+    """Every dotted key under ``cls``: its fields and, through nested sections, their keys."""
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        if f.name == "source":
+            continue
+        out.append(f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += [f"{f.name}.{sub}" for sub in _config_paths(hints[f.name])]
+    return tuple(out)
+
+
+def _override_hint(override: str, section: tuple[str, ...], cls: type) -> str:
+    """The override retyped with the closest valid dotted keys under ``section`` (of type ``cls``):
+    ``; did you mean 'training.learning_rate=2e-5'?``, ready to paste."""
+    k, _, v = override.partition("=")
+    pre = "".join(f"{s}." for s in section)
+    # Matched below the section the typed key is known to reach: its shared prefix would make
+    # every key under it look close.
+    typed = k.strip().removeprefix(pre)
+    return _did_you_mean([f"{pre}{m}={v}" for m in _close(typed, _config_paths(cls))])
+
+
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, overrides: Mapping[tuple[str, ...], str] | None = None) -> None:
         self.problems: list[str] = []
+        # key path (and every prefix of it) -> the key=value override that set it, so that an
+        # unknown key from the command line gets a suggestion in the form it was typed.
+        self.overrides: Mapping[tuple[str, ...], str] = overrides or {}
 
     def build(self, cls: type, data: Any, key: tuple[str, ...], where: Mapping[tuple[str, ...], str]) -> Any:
         """Return an instance of ``cls`` from ``data`` (a mapping), recording problems."""
@@ -446,8 +610,11 @@ class _Builder:
             sub = key + (str(name),)
             if name not in fields:
                 valid = ", ".join(sorted(fields))
+                override = self.overrides.get(sub)
+                hint = (_override_hint(override, key, cls) if override is not None
+                        else _did_you_mean(_close(str(name), fields)))
                 self.problems.append(
-                    f"{_loc(where, sub)}unknown key '{name}' in {section}; valid keys: {valid}"
+                    f"{_loc(where, sub)}unknown key '{name}' in {section}; valid keys: {valid}{hint}"
                 )
                 continue
             kwargs[name] = self.convert(hints[name], value, sub, where)
@@ -462,6 +629,8 @@ class _Builder:
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
         bad = f"{_loc(where, key)}{dotted}: "
+        if tp is Any:  # plain YAML data, checked where it is used (training.sft_args)
+            return value
         if dataclasses.is_dataclass(tp):
             return self.build(tp, value, key, where)
         if origin in (typing.Union, types.UnionType):
@@ -549,14 +718,9 @@ def load_config(
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"{path}: config file not found (pass --config with an existing YAML file)"])
-    data, lines = _read_yaml(path)
-    if data is None:
-        data = {}
-    where: dict[tuple[str, ...], str] = {k: f"{path}:{n}" for k, n in lines.items()}
+    data, where = _read_config(path)
     where[()] = str(path)
     problems: list[str] = []
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
 
     cluster_src = cluster if cluster is not None else data.get("cluster")
     if isinstance(cluster_src, (str, Path)):
@@ -564,7 +728,7 @@ def load_config(
         if cluster is None and not cpath.is_absolute():
             cpath = path.parent / cpath
         if not cpath.is_file():
-            loc = f"{path}:{lines.get(('cluster',), '?')}" if cluster is None else "--cluster"
+            loc = where.get(("cluster",), f"{path}:?") if cluster is None else "--cluster"
             problems.append(f"{loc}: cluster profile {cpath} not found")
             data["cluster"] = {}
         else:
@@ -575,6 +739,7 @@ def load_config(
             where[("cluster",)] = str(cpath)
 
     valid_sections = [f.name for f in dataclasses.fields(Config) if f.name != "source"]
+    typed: dict[tuple[str, ...], str] = {}  # key path (and its prefixes) -> the override that set it
     for ov in overrides:
         if "=" not in ov:
             problems.append(f"override {ov!r}: expected key=value (for example training.learning_rate=2e-5)")
@@ -582,9 +747,8 @@ def load_config(
         k, _, v = ov.partition("=")
         key = tuple(k.strip().split("."))
         if len(key) < 2 or key[0] not in valid_sections:
-            problems.append(
-                f"override {ov!r}: keys look like section.key; valid sections: {', '.join(valid_sections)}"
-            )
+            problems.append(f"override {ov!r}: keys look like section.key; valid sections: "
+                            f"{', '.join(valid_sections)}{_override_hint(ov, (), Config)}")
             continue
         try:
             value = yaml.safe_load(v) if v.strip() else None
@@ -593,10 +757,14 @@ def load_config(
         _set_dotted(data, key, value)
         for i in range(1, len(key) + 1):
             where[key[:i]] = f"override {ov!r}"
+            typed[key[:i]] = ov
 
-    builder = _Builder()
+    builder = _Builder(typed)
     cfg = builder.build(Config, data, (), where)
     problems += builder.problems
+    if not problems and cfg.training.sft_args:
+        cfg = dataclasses.replace(cfg, training=dataclasses.replace(
+            cfg.training, sft_args=_sft_numbers(cfg.training.sft_args)))
     if not problems:
         problems += [f"{_loc(where, k)}{msg}" for k, msg in _validate(cfg)]
     if problems:
@@ -633,7 +801,7 @@ def _validate(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
     p = _Problems()
     for check in (_check_training, _check_checkpointing, _check_deepspeed, _check_data, _check_lora, _check_eval,
                   _check_eval_vllm, _check_judge_servers, _check_judges, _check_cluster, _check_activations,
-                  _check_schedules, _check_monitor):
+                  _check_schedules, _check_monitor, _check_sft_args):
         check(cfg, p)
     return p.found
 
@@ -648,6 +816,99 @@ def _check_training(cfg: Config, p: _Problems) -> None:
     p.need(t.max_steps is None or t.max_steps >= 1, "training.max_steps", "must be >= 1 or null")
     p.need(t.max_length >= 16, "training.max_length", "must be >= 16")
     p.need(t.warmup_steps >= 0, "training.warmup_steps", "must be >= 0")
+    unknown = [r for r in t.report_to if r not in TRACKERS]
+    p.need(not unknown, "training.report_to", f"{unknown} not supported; use a list of {', '.join(TRACKERS)} "
+           f"(or [] for none), e.g. training.report_to=[tensorboard]")
+    p.need(len(set(t.report_to)) == len(t.report_to), "training.report_to", f"lists a tracker twice: {list(t.report_to)}")
+
+
+SFT_DOCS = "https://huggingface.co/docs/trl/sft_trainer#trl.SFTConfig"
+
+
+@functools.lru_cache(maxsize=1)
+def _sft_fields() -> tuple[str, dict[str, Any]]:
+    """trl's version and its SFTConfig's field names with their types (Any where unknown).
+    Imports trl (seconds): called only for a non-empty training.sft_args."""
+    import trl
+    from trl import SFTConfig
+
+    try:
+        hints = typing.get_type_hints(SFTConfig)
+    except Exception:  # an annotation this Python cannot evaluate: check the names only
+        hints = {}
+    return str(trl.__version__), {f.name: hints.get(f.name, Any) for f in dataclasses.fields(SFTConfig) if f.init}
+
+
+def _members(tp: Any) -> tuple[Any, ...]:
+    """The alternatives of a union type (``int | None``), or the type itself."""
+    return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+
+
+# The plain types whose values are checked here; anything else (lists, dicts, enums) is left to trl.
+_PLAIN: dict[Any, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,),
+                                       type(None): (type(None),)}
+
+
+def _fits(tp: Any, value: Any) -> bool:
+    """Whether ``value`` suits SFTConfig field type ``tp`` (True where it is beyond a plain check)."""
+    for m in _members(tp):
+        if m not in _PLAIN:
+            return True
+        if isinstance(value, _PLAIN[m]) and not (isinstance(value, bool) and m in (int, float)):
+            return True
+    return False
+
+
+def _sft_numbers(args: Mapping[str, Any]) -> dict[str, Any]:
+    """``args`` with strings made numbers where the SFTConfig field is a float: YAML 1.1 reads
+    ``1e-8`` as a string (as for emt's own float keys)."""
+    try:
+        _, types_ = _sft_fields()
+    except Exception:  # reported by _check_sft_args
+        return dict(args)
+    out = dict(args)
+    for name, value in args.items():
+        members = _members(types_.get(name, Any))
+        if isinstance(value, str) and float in members and str not in members:
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass  # left as it is: _check_sft_args reports it
+    return out
+
+
+def _check_sft_args(cfg: Config, p: _Problems) -> None:
+    """training.sft_args: names of trl's SFTConfig fields that emt does not set itself, with values
+    of the field's plain type."""
+    args = cfg.training.sft_args
+    if not args:
+        return
+    try:
+        version, fields = _sft_fields()
+    except Exception as exc:  # ImportError, or a broken torch under trl
+        p.add(("training", "sft_args"), f"training.sft_args: checking these names against trl's SFTConfig needs trl "
+                                        f"(pip install -e '.[train]'), which cannot be imported here: "
+                                        f"{type(exc).__name__}: {exc}")
+        return
+    for name, value in args.items():
+        key = f"training.sft_args.{name}"
+        if name in SFT_MANAGED:
+            use = SFT_MANAGED[name]
+            fix = (f"it cannot be changed: {use.removeprefix('nothing: ')}" if use.startswith("nothing:")
+                   else f"set {use} instead")
+            p.add(("training", "sft_args", name), f"{key}: emt sets SFTConfig's {name} itself; {fix}")
+        elif name not in fields:
+            hints = []
+            for m in _close(name, fields):
+                use = SFT_MANAGED.get(m, "")
+                if not use.startswith("nothing:"):
+                    hints.append(use.split(" ")[0] if use else f"training.sft_args.{m}")
+            p.add(("training", "sft_args", name),
+                  f"{key}: not a field of trl {version}'s SFTConfig{_did_you_mean(hints)} (its fields: {SFT_DOCS})")
+        elif not _fits(fields[name], value):
+            tp = fields[name]
+            p.add(("training", "sft_args", name),
+                  f"{key}: SFTConfig's {name} is {getattr(tp, '__name__', tp)}; got {value!r}")
 
 
 def _check_checkpointing(cfg: Config, p: _Problems) -> None:
@@ -774,6 +1035,10 @@ def _check_judges(cfg: Config, p: _Problems) -> None:
     j = cfg.judge
     names = [s.name for s in j.servers]
     p.need(j.timeout_s > 0, "judge.timeout_s", f"must be > 0 seconds (a request's time limit); got {j.timeout_s}")
+    for prefix, price in j.prices.items():
+        p.need(bool(prefix) and len(price) == 2 and all(v >= 0 for v in price), f"judge.prices.{prefix}",
+               f"must be [USD per 1M input tokens, USD per 1M output tokens], two numbers >= 0 under a non-empty "
+               f"model-name prefix, e.g. judge.prices={{gpt-4.1-mini: [0.4, 1.6]}}; got {list(price)}")
     for i, spec in enumerate(j.judges):
         url = spec.base_url or ""
         if spec.api_key_env is not None:

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
+from emt.core import paths
+
 
 class TrainingLike(Protocol):
     """The training settings :func:`problems` reads (``emt.core.config.TrainingConfig`` has them);
@@ -31,7 +33,7 @@ class TrainingLike(Protocol):
     @property
     def grad_accum(self) -> int: ...
 
-DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+DEEPSPEED_DIR = paths.deepspeed_dir()  # the checkout's configs/deepspeed, or an installed wheel's copy
 SHORT_NAMES = ("zero2", "zero3", "zero3_offload")
 # Keys transformers fills from the training config; a number here must agree with ours, or
 # transformers stops at start-up with a mismatch error (after the job waited in the queue).

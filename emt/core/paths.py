@@ -31,6 +31,12 @@ Layout under the output root (``cluster.output_root``)::
         eval_submission.json                 the newest eval array + consolidation job ids
         deepspeed.json                       the DeepSpeed config a run trained with (if any)
         scores.h5                            consolidated scores (schema in emt/store.py)
+        tracker/                             experiment trackers (training.report_to; emt.store.tracker)
+          train/                             the trainer's TensorBoard event files (losses, learning rate)
+          eval/                              per-checkpoint eval scalars: ONE event file, replaced per consolidation
+          eval-logged.json                   what the trackers last received from a consolidation
+          wandb-run.json                     the Weights & Biases run id that training and evaluation share
+          wandb/                             wandb's own files (WANDB_DIR)
         .scores.h5.lock                      held by the process writing scores.h5 (its stale temporaries are removed)
         logs/<job id>/                       submitit logs and pickles of that run's jobs
         .train.lock                          held by the process that trains the run
@@ -63,6 +69,62 @@ RESUME_STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.p
 RESUME_STATE_GLOBS = ("rng_state_*.pth", "global_step*")  # multi-process and DeepSpeed variants
 # Present only in a checkpoint that can be resumed from (plain Trainer, or DeepSpeed's own dir).
 RESUME_STATE_MARKS = ("optimizer.pt", "global_step*")
+
+# The shipped configs (paper.yaml, debug.yaml, cluster/, deepspeed/): the repository's top-level
+# configs/ in a source checkout (editable installs included); an installed wheel carries a copy
+# at emt/configs (setup.py's build_py copies it there), since site-packages has no checkout.
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+PACKAGED_CONFIGS = _PACKAGE_DIR / "configs"
+CHECKOUT_CONFIGS = _PACKAGE_DIR.parent / "configs"
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def configs_dir() -> Path:
+    """The directory of the shipped configs: the wheel's packaged copy, else the source checkout's.
+
+    The checkout's is taken only next to emt's own setup.cfg, so that an unrelated ``configs``
+    directory beside site-packages is never mistaken for it. When neither exists (a broken
+    install) this is the packaged path, which the callers then report as missing.
+    """
+    if not PACKAGED_CONFIGS.is_dir() and CHECKOUT_CONFIGS.is_dir() \
+            and (_PACKAGE_DIR.parent / "setup.cfg").is_file():
+        return CHECKOUT_CONFIGS
+    return PACKAGED_CONFIGS
+
+
+def config_names(sub: str = "") -> list[str]:
+    """The names of the shipped configs (``paper``, ``debug``, ...), or of those in ``sub``
+    (``cluster``: the cluster profiles), sorted."""
+    where = configs_dir() / sub
+    return sorted(p.stem for p in where.iterdir() if p.is_file() and p.suffix in CONFIG_SUFFIXES) \
+        if where.is_dir() else []
+
+
+def config_file(value: str | Path, sub: str = "") -> Path:
+    """A config given as a path or as the name of a shipped one (``paper`` is configs/paper.yaml;
+    with ``sub="cluster"``, ``local`` is configs/cluster/local.yaml).
+
+    An existing file wins over a name (a path always works). Raises ValueError listing the shipped
+    names when ``value`` is neither.
+    """
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    text = str(value)
+    stem = text[: -len(path.suffix)] if path.suffix in CONFIG_SUFFIXES else text
+    names = config_names(sub)
+    if stem in names:
+        return next(configs_dir() / sub / f"{stem}{s}" for s in CONFIG_SUFFIXES
+                    if (configs_dir() / sub / f"{stem}{s}").is_file())
+    kind = f"{sub} profile" if sub else "config"
+    shipped = ", ".join(names) or f"none found in {configs_dir() / sub}: reinstall emt (pip install .)"
+    raise ValueError(f"{text!r} is neither an existing file nor the name of a shipped {kind}; "
+                     f"shipped: {shipped} (or give the path of a YAML file)")
+
+
+def deepspeed_dir() -> Path:
+    """The shipped DeepSpeed JSON configs (``training.deepspeed: zero2`` and the other short names)."""
+    return configs_dir() / "deepspeed"
 
 
 def output_root(root: str | Path) -> Path:
@@ -298,3 +360,38 @@ def scores_temp_glob(scores: Path) -> str:
 
 def scores_file(run: Path) -> Path:
     return run / "scores.h5"
+
+
+def tracker_dir(run: Path) -> Path:
+    """Everything the experiment trackers (``training.report_to``) write for a run."""
+    return run / "tracker"
+
+
+def tracker_train_dir(run: Path) -> Path:
+    """The trainer's TensorBoard log dir (TENSORBOARD_LOGGING_DIR)."""
+    return tracker_dir(run) / "train"
+
+
+def tracker_eval_dir(run: Path) -> Path:
+    """The evaluation's TensorBoard log dir: one event file, replaced by every consolidation."""
+    return tracker_dir(run) / "eval"
+
+
+def tracker_state_file(run: Path) -> Path:
+    """What the trackers last received from a consolidation (a rerun with the same scores sends nothing)."""
+    return tracker_dir(run) / "eval-logged.json"
+
+
+def tracker_lock(run: Path) -> Path:
+    """Held while a consolidation or the monitor writes to the trackers."""
+    return tracker_dir(run) / ".tracker.lock"
+
+
+def wandb_run_file(run: Path) -> Path:
+    """The Weights & Biases run id (and project) that training and every evaluation resume."""
+    return tracker_dir(run) / "wandb-run.json"
+
+
+def wandb_dir(run: Path) -> Path:
+    """WANDB_DIR of a run's processes (wandb adds its own ``wandb/`` under it)."""
+    return tracker_dir(run)

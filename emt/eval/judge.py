@@ -88,25 +88,41 @@ NO_KEY = "EMPTY"
 """The placeholder key a judge without credentials sends (the openai client requires a string)."""
 
 # USD per 1M tokens (input, output), keyed by model-name prefix; the longest prefix wins so that
-# "gpt-4.1-mini-..." is not priced as "gpt-4.1".
+# "gpt-4.1-mini-..." is not priced as "gpt-4.1". OpenAI's list prices for standard (not Batch,
+# not cached-input) requests as of PRICES_DATE; judge.prices in the config adds or replaces entries
+# when they change (https://openai.com/api/pricing).
 PRICES_PER_1M: dict[str, tuple[float, float]] = {
     "gpt-4.1-mini": (0.40, 1.60),
     "gpt-4.1-nano": (0.10, 0.40),
     "gpt-4.1": (2.00, 8.00),
     "gpt-4o-mini": (0.15, 0.60),
 }
+PRICES_DATE = "2025-04-14"  # when PRICES_PER_1M was last checked against OpenAI's price page
 
 
 # ============================================================================================
 # Scoring
 # ============================================================================================
 
-def estimate_cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """Estimated USD cost from ``PRICES_PER_1M`` (longest model-name prefix); None if unknown."""
-    best = max((p for p in PRICES_PER_1M if model.startswith(p)), key=len, default=None)
+def price_for(model: str, prices: Mapping[str, Sequence[float]] | None = None) -> tuple[str, float, float] | None:
+    """(prefix, USD in, USD out per 1M tokens) for ``model``: the longest matching prefix of
+    ``prices`` (the config's judge.prices) merged over ``PRICES_PER_1M``; None if unknown."""
+    table: dict[str, Sequence[float]] = {**PRICES_PER_1M, **(prices or {})}
+    best = max((p for p in table if model.startswith(p)), key=len, default=None)
     if best is None:
         return None
-    price_in, price_out = PRICES_PER_1M[best]
+    price_in, price_out = table[best]
+    return best, float(price_in), float(price_out)
+
+
+def estimate_cost(model: str, prompt_tokens: int, completion_tokens: int,
+                  prices: Mapping[str, Sequence[float]] | None = None) -> float | None:
+    """Estimated USD cost from ``PRICES_PER_1M`` (and ``prices`` over it; longest model-name
+    prefix); None if unknown."""
+    found = price_for(model, prices)
+    if found is None:
+        return None
+    _, price_in, price_out = found
     return (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
 
 

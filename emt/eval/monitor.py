@@ -6,7 +6,9 @@ without a result, scores a batch of them with the eval task's code (:func:`emt.e
 so results are identical to an offline evaluation and a checkpoint is never scored twice),
 feeds the new scores in step order to one online detector per watched trait
 (:mod:`emt.analysis.online`), raises alerts, and re-consolidates ``scores.h5`` from the results
-present so far (atomic rename: the analysis can read it at any time). While training runs it
+present so far (atomic rename: the analysis can read it at any time), which also sends every
+scored checkpoint to the trackers of ``training.report_to`` at its training step, next to the
+training's own curves (:func:`emt.eval.consolidate.log_to_trackers`). While training runs it
 scores the NEWEST pending checkpoints (up to ``monitor.max_batch``) to stay current; the older
 ones it skipped are scored after training ends (they are then too late for the online
 decision, which only moves forward in steps, but complete the offline record).

@@ -14,6 +14,7 @@ The vector math is :mod:`emt.analysis.persona`. Layers follow :mod:`emt.eval.cap
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from emt.analysis.persona import confirmed_pairs, persona_vector
-from emt.core import paths
+from emt.core import atomic, paths
 from emt.core.locks import locked
 from emt.eval.capture import capture
 from emt.eval.generate import Target
@@ -106,7 +107,8 @@ def ensure_vectors(cfg: Any, eval_root: Path, traits: Sequence[Any], generator: 
     Run by the eval task that evaluates step 0, so the vectors exist before consolidation (which
     projects every checkpoint's answers on them). A trait without pairs is skipped with a log
     line; a trait whose pairs the judge never confirms is skipped with a warning (no vector is
-    better than a vector of noise), and the run's other results are unaffected. Built under the
+    better than a vector of noise), and the run's other results are unaffected; either way the
+    reason is recorded beside the vector's file (:func:`skipped_file`) for the report. Built under the
     evaluation's persona lock: a second process waits and then finds the vectors (built once).
     """
     with locked(paths.persona_lock(eval_root)):
@@ -124,6 +126,7 @@ def _build_missing(cfg: Any, eval_root: Path, traits: Sequence[Any], generator: 
             continue
         if not t.instructions:
             log.info("persona vector %s: the trait has no (pos, neg) instruction pairs; skipped", t.name)
+            record_skipped(f, "the trait has no (pos, neg) instruction pairs")
             continue
 
         def acts(convs: list[Any], answers: list[str]) -> np.ndarray:
@@ -136,7 +139,37 @@ def _build_missing(cfg: Any, eval_root: Path, traits: Sequence[Any], generator: 
                         seed=cfg.eval.seed, max_questions=a.persona_questions)
         except ValueError as exc:
             log.warning("persona vector %s not built: %s", t.name, exc)
+            record_skipped(f, str(exc))
             continue
         save(f, res)
+        skipped_file(f).unlink(missing_ok=True)  # a later build succeeded: the old reason no longer holds
         out[t.name] = f
+    return out
+
+
+def skipped_file(vector_file: Path) -> Path:
+    """Where the reason a persona vector was not built is kept: ``persona-<trait>.skipped.json``
+    beside the vector file it stands in for, so consolidation (and the report) can say why."""
+    return vector_file.with_name(vector_file.stem + ".skipped.json")
+
+
+def record_skipped(vector_file: Path, reason: str) -> None:
+    """Record (atomically) why the persona vector ``vector_file`` was not built."""
+    atomic.write_json(skipped_file(vector_file), {"reason": reason})
+
+
+def skipped_reasons(eval_root: Path, traits: Sequence[str]) -> dict[str, str]:
+    """{trait: reason} for each of ``traits`` whose persona vector was not built and a reason was
+    recorded (:func:`record_skipped`); a trait with a vector, or with neither file, is left out.
+    An unreadable record still counts, its reason saying so."""
+    out: dict[str, str] = {}
+    for t in traits:
+        f = paths.persona_file(eval_root, t)
+        rec = skipped_file(f)
+        if f.is_file() or not rec.is_file():
+            continue
+        try:
+            out[t] = str(json.loads(rec.read_text())["reason"])
+        except (OSError, ValueError, KeyError, TypeError):
+            out[t] = f"not built (the record {rec.name} is unreadable)"
     return out

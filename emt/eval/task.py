@@ -308,6 +308,25 @@ def run_eval_task(task: EvalTask, session: EvalSession | None = None) -> dict[st
     return stats
 
 
+def progress(done: int, total: int, elapsed_s: float) -> str:
+    """"checkpoint k/n, ETA ..." for the log: the time left at the mean time per checkpoint so far
+    (generation and judging overlap, so the wall time per checkpoint is the honest rate)."""
+    if done >= total or done <= 0:
+        return f"checkpoint {done}/{total}"
+    return f"checkpoint {done}/{total}, ETA {format_duration(elapsed_s / done * (total - done))}"
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as a person reads it: "40 s", "12 min", "2 h 05 min"."""
+    s = max(0, round(seconds))
+    if s < 90:
+        return f"{s} s"
+    if s < 5400:
+        return f"{round(s / 60)} min"
+    h, m = divmod(round(s / 60), 60)
+    return f"{h} h {m:02d} min"
+
+
 def open_session(run: "Run", steps: Sequence[int], session: EvalSession | None) -> EvalSession:
     """``session`` when it can serve the adapters of ``steps``, else a new one (ValueError when a
     given session's max_lora_rank is too small)."""
@@ -335,6 +354,9 @@ class ShardRun:
         # same prompts, so the cache answers every judgement that succeeded).
         self.stored: dict[int, list[list[str]]] = {}
         self.wait_s = 0.0
+        # Progress for the log ("checkpoint k/n, ETA ..."): steps handed back by the judge (scored
+        # or set aside) out of this run's todo, timed from the first generation (start-up excluded).
+        self.done, self.total, self.t_eval = 0, 0, time.perf_counter()
 
     def target_for(self, step: int) -> Target:
         """What to generate from for ``step``: the base model, an adapter or a full checkpoint."""
@@ -354,6 +376,7 @@ class ShardRun:
     def evaluate(self, todo: Sequence[int]) -> None:
         """Generate and judge every step of ``todo``, round by round of the steps whose lock this task takes."""
         self.load_stored(todo)
+        self.done, self.total, self.t_eval = 0, len(todo), time.perf_counter()
         pipeline = JudgePipeline(self.judge_and_write, threaded=self.cfg.eval.pipeline_judge,
                                  depth=self.cfg.eval.judge_queue)
         try:
@@ -440,8 +463,9 @@ class ShardRun:
             self.stats["judge_calls"] += calls
             self.stats["evaluated"].append(item.step)
             self.timing["judge_s"] += judge_s
-        log.info("%s task %d: step %d scored (%d answers; generation %.1f s, judges %.1f s)", run.name, task.task,
-                 item.step, len(trait_prompts), item.gen_seconds, judge_s)
+            where = self.advance()
+        log.info("%s task %d: step %d scored, %s (%d answers; generation %.1f s, judges %.1f s)", run.name,
+                 task.task, item.step, where, len(trait_prompts), item.gen_seconds, judge_s)
 
     def set_aside(self, step: int, result: dict[str, Any], calls: int, judge_s: float) -> None:
         """Judgements lost in transport (after every retry): not a result, so the step stays
@@ -452,8 +476,14 @@ class ShardRun:
             self.stats["judge_calls"] += calls
             self.incomplete[step] = result["judge_failed"]
             self.timing["judge_s"] += judge_s
-        log.warning("%s task %d: step %d NOT scored: %s", self.run.name, self.task.task, step,
+            where = self.advance()
+        log.warning("%s task %d: step %d NOT scored, %s: %s", self.run.name, self.task.task, step, where,
                     results.failed_summary(result["judge_failed"]))
+
+    def advance(self) -> str:
+        """Count one more step handed back by the judge (under ``self.lock``); its progress text."""
+        self.done += 1
+        return progress(self.done, self.total, time.perf_counter() - self.t_eval)
 
     def record_timing(self, startup_s: float, wall_s: float) -> None:
         """Write the task's timing file (what it spent where; read by ``--tasks auto``) and log it."""

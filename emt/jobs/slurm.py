@@ -82,6 +82,7 @@ def make_executor(
         ex.update_parameters(**params)
         return ex
     if mode == "local":
+        drop_literal_folder(folder)  # left by an earlier local job that nothing waited for (a server)
         ex = submitit.LocalExecutor(folder=folder, max_num_timeout=cluster.max_requeues)
         params = {"timeout_min": res.time_min, "signal_delay_s": min(cluster.signal_delay_s, 60),
                   "tasks_per_node": tasks}
@@ -203,7 +204,33 @@ def wait_all(jobs: list[tuple[str, submitit.Job]]) -> dict[str, tuple[bool, Any]
             out[name] = (True, job.results()[0])
         except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as exc:
             out[name] = (False, f"{type(exc).__name__}: see {job_log(job)}\n{str(exc)[-2000:]}")
+        finally:
+            drop_job_literal_folder(job)
     return out
+
+
+def drop_literal_folder(folder: Path) -> None:
+    """Remove the empty directory literally named by a log folder template (``logs/%j``).
+
+    submitit's local controller creates its folder argument unformatted (``mkdir`` of
+    ``.../logs/%j``) before writing every file under the job's real folder (``.../logs/<id>``),
+    so each local job leaves an empty ``%j`` directory. Only an empty directory is removed
+    (``rmdir``), so a template that names a real folder, or a concurrent job, loses nothing; a
+    controller starting later may create it again, and the next call removes it."""
+    folder = Path(folder)
+    if "%" in folder.name:
+        with contextlib.suppress(OSError):  # absent, or not empty: nothing of ours to remove
+            folder.rmdir()
+
+
+def drop_job_literal_folder(job: submitit.Job) -> None:
+    """:func:`drop_literal_folder` for an ended job whose log folder is ``<dir>/%j`` (``<dir>/<job id>``)."""
+    try:
+        folder = Path(job.paths.folder)
+    except Exception:  # noqa: BLE001 - cleanup only; a job without paths has no folder to tidy
+        return
+    if folder.name == str(job.job_id):
+        drop_literal_folder(folder.parent / "%j")
 
 
 def is_done(job: submitit.Job) -> bool:

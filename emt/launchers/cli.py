@@ -5,6 +5,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from emt.core import paths
+
+
+def config_arg(text: str) -> str:
+    """--config: a YAML path, or the name of a shipped config (``paper``, ``debug``, ``organism``, ...)."""
+    try:
+        return str(paths.config_file(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cluster_arg(text: str) -> str:
+    """--cluster: a profile YAML path, or the name of a shipped one (``local``, ``example-h100``)."""
+    try:
+        return str(paths.config_file(text, "cluster"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -12,14 +31,25 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def parser(doc: str | None, default_config: Path) -> argparse.ArgumentParser:
+def parser(doc: str | None, default_config: str | Path) -> argparse.ArgumentParser:
     """A parser with the shared arguments; launchers add their own."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. training.epochs=2")
-    ap.add_argument("--config", default=str(default_config), help="sweep config YAML (default: %(default)s)")
-    ap.add_argument("--cluster", default=None, help="cluster profile YAML (default: the config's 'cluster')")
-    ap.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds, e.g. 0,1,2")
+    add_common(ap, default_config)
     return ap
+
+
+def add_common(ap: argparse.ArgumentParser, default_config: str | Path) -> None:
+    """The shared arguments (overrides, --config, --cluster, --seeds) on ``ap``; ``default_config``
+    is a shipped config's name (``paper``) or a path."""
+    names = ", ".join(paths.config_names()) or "none found"
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. training.epochs=2")
+    ap.add_argument("--config", type=config_arg, default=str(default_config),
+                    help=f"sweep config: a YAML path or a shipped config's name ({names}; default: "
+                         f"{default_config})")
+    ap.add_argument("--cluster", type=cluster_arg, default=None,
+                    help="cluster profile: a YAML path or a shipped profile's name "
+                         f"({', '.join(paths.config_names('cluster')) or 'none found'}; default: the config's 'cluster')")
+    ap.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds, e.g. 0,1,2")
 
 
 def add_mode(ap: argparse.ArgumentParser) -> None:

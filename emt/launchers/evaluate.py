@@ -14,9 +14,11 @@ from emt.eval.generate import checkpoint_problem
 from emt.eval.judge import format_usage
 from emt.eval.monitor import training_finished
 from emt.eval.consolidate import consolidate_run, scores_up_to_date
-from emt.eval.plan import EvalTask, eval_hash, eval_root, measured_costs, pending_steps, shard, size_array, targets
+from emt.eval.plan import (EvalTask, eval_hash, eval_root, load_traits, measured_costs, pending_steps, shard, size_array,
+                           targets)
 from emt.eval.task import run_eval_task
 from emt.jobs.slurm import submit_consolidate, submit_eval_array, submit_monitor, wait_all
+from emt.launchers.cost import RunWork, format_costs, measured_for_runs
 from emt.launchers.preflight import (PreflightError, dry_run_exit, eval_launch_problems, eval_preflight,
                                      monitor_traits, prepare_inputs, resolve_wait)
 from emt.launchers.running import report_results, run_queue
@@ -108,6 +110,8 @@ def eval_runs(
     problems += sizing_problems
     if sizing_problems and not dry_run:
         raise PreflightError(problems)
+    print(format_costs(cfg, eval_work(cfg, plan, ehash), what="this evaluation, the checkpoints still to score",
+                       measured=measured_for_runs(cfg, runs)))
     if dry_run:
         return dry_run_exit(problems)
     wait = resolve_wait(wait, mode)
@@ -124,6 +128,23 @@ def eval_runs(
         else:
             failures += run_eval_local(cfg, run, ehash, etasks, mode)
     return 1 if failures else 0
+
+
+def eval_work(cfg: Config, plan: EvalPlan, ehash: str) -> list[RunWork]:
+    """What the planned eval costs, per run: its checkpoints still to score, in its tasks, and
+    whether step 0's task builds persona vectors (a trait with instruction pairs has none yet)."""
+    build = bool(cfg.activations.layers and cfg.activations.persona)
+    try:
+        paired = [t.name for t in load_traits(cfg) if t.instructions]
+    except Exception:  # noqa: BLE001 - the preflight reports bad traits; the cost plan says so itself
+        paired = []
+    out: list[RunWork] = []
+    for run, shards in plan:
+        steps = [s for sh in shards for s in sh]
+        root = eval_root(run, ehash)
+        persona = build and 0 in steps and any(not paths.persona_file(root, t).is_file() for t in paired)
+        out.append(RunWork(run.name, len(steps), len(shards), persona))
+    return out
 
 
 def plan_eval(cfg: Config, runs: Sequence[Run], ehash: str, no_ckpt: Sequence[str], per_task: int | None,

@@ -22,6 +22,9 @@ optimizer state). Resume state (Adam moments, and fp32 master weights for full f
 kept on the newest ``keep_resume_state`` checkpoints only. When the estimate exceeds
 ``cluster.disk_budget_gb`` the plan says by how much and what fits (``checkpointing.keep_every``,
 or evaluating checkpoints while training runs).
+
+The cost table printed after this plan (evaluation GPU-hours with task start-up, judge calls,
+tokens and dollars per judge, monitor jobs) is :mod:`emt.launchers.cost`.
 """
 
 from __future__ import annotations
@@ -307,7 +310,7 @@ def format_plan(cfg: Config, rows: Sequence[RunPlan], will_submit: Sequence[str]
     _, eval_src = eval_seconds(cfg, prof)
     lines += ["-" * len(cols),
               f"{len(rows)} runs, {tot_ck} checkpoints, ~{tot_disk:.1f} GB, ~{tot_h:.1f} training GPU-hours + "
-              f"~{tot_eval:.1f} evaluation GPU-hours "
+              f"~{tot_eval:.1f} evaluation GPU-hours (scoring; with task start-up in the cost table) "
               f"(estimates: shapes from {arch_src if arch else 'nowhere'}, chars/{CHARS_PER_TOKEN:g} tokens, "
               f"checkpoints written at {WRITE_GBPS:g} GB/s)",
               f"Training rate: {rate_src}",

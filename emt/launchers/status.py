@@ -7,9 +7,10 @@ and asks the scheduler (sacct) for job states, so it works from any login node a
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from emt.core import paths
 from emt.core.config import Config, load_config
@@ -34,7 +35,7 @@ class RunStatus:
     scored: int
     targets: int
     eval_jobs: str  # e.g. "4 COMPLETED, 1 FAILED" or "-"
-    consolidated: str  # "yes" | "no" | "stale"
+    consolidated: str  # "yes" | "no" | "stale" (scores.h5 lacks a step, or a result differs in content)
     failed_logs: list[str] = field(default_factory=list)
     latest: dict[str, float] = field(default_factory=dict)  # trait -> mean score at the newest scored step
     latest_step: int | None = None
@@ -185,10 +186,45 @@ def format_table(rows: Sequence[RunStatus]) -> str:
     return "\n".join(lines)
 
 
-def sweep_status(config: str | Path, *, cluster: str | Path | None = None, overrides: Sequence[str] = (),
-                 sweep: str = "all", seeds: Sequence[int] | None = None) -> int:
-    """Print the status table of a sweep; exit code 1 when a job failed."""
-    cfg = load_config(config, overrides, cluster)
-    rows = collect(cfg, build_sweep(cfg, sweep, seeds=seeds))
-    print(format_table(rows))
+def _finite(value: float) -> float | None:
+    """A score for JSON: NaN/inf (nothing scoreable) become null, which every JSON reader accepts."""
+    return value if math.isfinite(value) else None
+
+
+def row_json(r: RunStatus) -> dict[str, Any]:
+    """One run's status as plain JSON values (the fields of the table, unabbreviated)."""
+    return {
+        "run": r.run.name, "domain": r.run.domain, "level": r.run.level, "seed": r.run.seed,
+        "variant": r.run.variant, "hash": r.run.hash, "dir": r.run.run_dir,
+        "train": r.train, "train_job": r.train_job, "step": r.step, "planned_steps": r.planned_steps,
+        "checkpoints": r.checkpoints, "scored": r.scored, "targets": r.targets, "eval_jobs": r.eval_jobs,
+        "consolidated": r.consolidated, "latest_step": r.latest_step,
+        "latest": {t: _finite(float(v)) for t, v in r.latest.items()},
+        "alerts": list(r.alerts), "monitor_job": r.monitor_job, "failed_logs": list(r.failed_logs),
+        "judge_failed": {str(step): what for step, what in sorted(r.judge_failed.items())},
+    }
+
+
+def status_json(cfg: Config, rows: Sequence[RunStatus]) -> dict[str, Any]:
+    """``status --json``: the sweep's rows plus what identifies them (config, output root, eval hash)."""
+    return {
+        "config": str(cfg.source), "output_root": str(paths.output_root(cfg.cluster.output_root)),
+        "eval_hash": eval_hash(cfg), "failed": status_code(rows) != 0,
+        "runs": [row_json(r) for r in rows],
+    }
+
+
+def status_code(rows: Sequence[RunStatus]) -> int:
+    """1 when a job failed or a judge lost judgements, else 0."""
     return 1 if any(r.failed_logs or r.judge_failed for r in rows) else 0
+
+
+def sweep_status(config: str | Path, *, cluster: str | Path | None = None, overrides: Sequence[str] = (),
+                 sweep: str = "all", runs: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+                 as_json: bool = False) -> int:
+    """Print the status of a sweep (``runs``: only these run names), as the table or, with
+    ``as_json``, as one JSON document on stdout; exit code 1 when a job failed."""
+    cfg = load_config(config, overrides, cluster)
+    rows = collect(cfg, build_sweep(cfg, sweep, list(runs) if runs else None, seeds))
+    print(json.dumps(status_json(cfg, rows), indent=2) if as_json else format_table(rows))
+    return status_code(rows)

@@ -14,6 +14,7 @@ from emt.core.config import Config, load_config
 from emt.core.records import job_active
 from emt.eval.monitor import watched_traits
 from emt.jobs.slurm import submit_monitor, submit_train, wait_all
+from emt.launchers.cost import format_costs, measured_for_runs, train_work
 from emt.launchers.plan import format_plan, plan_runs
 from emt.launchers.preflight import PreflightError, dry_run_exit, preflight, prepare_inputs, resolve_wait
 from emt.launchers.running import report_results, run_queue
@@ -51,7 +52,12 @@ def train_sweep(
     problems = preflight(cfg, selected, mode, dry_run=dry_run)
     pending = runs_to_submit(selected)
 
-    print(format_plan(cfg, plan_runs(cfg, selected), [r.name for r in pending]))
+    rows = plan_runs(cfg, selected)
+    print(format_plan(cfg, rows, [r.name for r in pending]))
+    # The cost of the whole selection (GPU-hours and judge spend), with --monitor its monitor jobs.
+    print(format_costs(cfg, train_work(cfg, rows), monitor=[r.name for r in pending] if monitor else None,
+                       what=f"the {len(rows)} selected run(s), trained and scored",
+                       measured=measured_for_runs(cfg, selected)))
     if sweep == "schedules":
         for note in schedule_optimizers(cfg)[1]:
             print(f"note: {note}")

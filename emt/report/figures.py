@@ -31,6 +31,7 @@ LEVEL_COLORS = {"normal": "#0072B2", "mild": "#E69F00", "strong": "#D55E00"}
 LEVEL_ORDER = ("normal", "mild", "strong")
 TRAIT_STYLES = {EARLY: "--", LATE: "-"}  # the early trait dashed, the late one solid, in every figure
 SCORE_LABEL = "score (0-100)"
+EARLY_ZOOM_STEPS = 100  # the early-zoom figure: drawn only when some run is longer than this
 STEP_LABEL = "training step"
 
 Run = Mapping[str, Any]
@@ -186,6 +187,7 @@ def plot_domain_trajectories(
     out: list[Path] = []
     for domain, drs in by_domain.items():
         traits = _traits_of(drs)
+        any_onset = False
         fig, axes = _grid(len(traits), ncols=min(3, len(traits)), w=5.0, h=3.8)
         for ax, t in zip(axes, traits):
             any_data = False
@@ -211,6 +213,7 @@ def plot_domain_trajectories(
                 ts = _summary_for(d, summaries, method)["traits"].get(t, {})
                 o = ts.get("onset_step")
                 if o is not None:
+                    any_onset = True
                     j = int(np.searchsorted(steps, o))
                     ax.axvline(o, color=col, ls="--", lw=1.0)
                     lo_, hi_ = ts.get("onset_lo"), ts.get("onset_hi")
@@ -233,14 +236,16 @@ def plot_domain_trajectories(
             if any_data:
                 ax.legend(title="level", fontsize=8, title_fontsize=8, loc="upper left", framealpha=0.85)
         stops = "; dotted: the monitor stopped training" if any(_intervention(d) for d in drs) else ""
-        fig.suptitle(f"{domain}: trait scores by fine-tuning level (band: 95% CI over questions; "
-                     f"dashed line + dot: onset, {method}, with its 95% bootstrap interval shaded{stops})", fontsize=11)
+        onsets = (f"dashed line + dot: onset, {method}, with its 95% bootstrap interval shaded" if any_onset
+                  else f"no onset found by {method}")  # never describe markers that are not drawn
+        fig.suptitle(f"{domain}: trait scores by fine-tuning level (band: 95% CI over questions; {onsets}{stops})",
+                     fontsize=11)
         fig.tight_layout()
         out += _save(fig, out_dir, f"trajectories_{_safe_stem(domain)}")
     return out
 
 
-def plot_early_zoom(runs: Sequence[Run], out_dir: Path, max_step: int = 100) -> list[Path]:
+def plot_early_zoom(runs: Sequence[Run], out_dir: Path, max_step: int = EARLY_ZOOM_STEPS) -> list[Path]:
     """``early_zoom.png/.pdf``: the first ``max_step`` training steps of every run, one panel per run,
     hallucination dashed and evil solid (other traits dotted)."""
     runs = sorted(runs, key=_sort_key)
@@ -279,9 +284,12 @@ def plot_early_zoom(runs: Sequence[Run], out_dir: Path, max_step: int = 100) -> 
 
 def plot_coherence(runs: Sequence[Run], out_dir: Path) -> list[Path]:
     """``coherence.png/.pdf``: mean coherence (0-100) of the answers on each trait's prompt set,
-    one panel per run; coherence is judged per prompt set, so a drop on one set only shows here."""
+    one panel per run; coherence is judged per prompt set, so a drop on one set only shows here.
+    [] (no figure) when no run has a coherence score."""
     runs = sorted(runs, key=_sort_key)
     traits = _traits_of(runs)
+    if not any(tr.get("coherence") is not None and _finite(tr["coherence"]) for d in runs for tr in d["traits"].values()):
+        return []
     fig, axes = _grid(len(runs), ncols=3, w=4.4, h=3.2)
     for ax, d in zip(axes, runs):
         steps = np.asarray(d["steps"])
@@ -317,17 +325,21 @@ def plot_lead_times(
     leads) of every run under every onset method, grouped per run, with the methods' agreement
     (how many lie within +-``tol`` checkpoints of their median) written above each group. A method
     without an onset gets an "n/a" mark instead of a bar. ``lead`` maps a run name to a
-    precomputed :func:`lead_times_all_methods` result."""
+    precomputed :func:`lead_times_all_methods` result.
+
+    Runs where no method finds both onsets are left out, and with none left no figure is drawn
+    ([] is returned): a figure of nothing but "n/a" marks says less than the sentence the report
+    writes instead."""
     plt = _plt()
     runs = [d for d in sorted(runs, key=_sort_key) if early in d["traits"] and late in d["traits"]]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(runs) + 2.5), 4.4))
-    if not runs:
-        _no_scores(ax, f"no run has both {early} and {late}")
-        ax.set_axis_off()
-        return _save(fig, out_dir, "lead_times")
     results = [lead[run_name(d)] if lead and run_name(d) in lead else
                lead_times_all_methods(d["steps"], d["traits"][early]["score"], d["traits"][late]["score"],
                                       params=params, tol=tol) for d in runs]
+    keep = [i for i, r in enumerate(results) if any(m["checkpoints"] is not None for m in r["methods"].values())]
+    runs, results = [runs[i] for i in keep], [results[i] for i in keep]
+    if not runs:
+        return []
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(runs) + 2.5), 4.4))
     methods = list(results[0]["methods"])
     width = 0.8 / len(methods)
     x = np.arange(len(runs))
@@ -360,9 +372,12 @@ def plot_lead_times(
 
 def plot_loss_vs_score(runs: Sequence[Run], out_dir: Path) -> list[Path]:
     """``loss_vs_score.png/.pdf``: held-out loss (x) against trait score (y), one panel per run, points
-    coloured by training step (shared colour scale), one marker per trait."""
+    coloured by training step (shared colour scale), one marker per trait. [] (no figure) when no
+    run recorded a held-out loss."""
     plt = _plt()
     runs = sorted(runs, key=_sort_key)
+    if not any(_finite(d.get("loss", {}).get("heldout", [])) for d in runs):
+        return []
     traits = _traits_of(runs)
     markers = {EARLY: "^", LATE: "o"}
     extra = iter(["s", "D", "v", "P", "X"])
@@ -473,11 +488,17 @@ def plot_all(
     method: str = DEFAULT_METHOD, lead: Mapping[str, Any] | None = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, list[Path]]:
-    """Every figure above; returns ``{figure name: [png, pdf, ...]}``."""
-    return {
+    """Every figure above that has something to show; returns ``{figure name: [png, pdf, ...]}``.
+
+    The early zoom is drawn only when some run goes past ``EARLY_ZOOM_STEPS`` (otherwise it would
+    repeat the trajectories), the lead-time figure only when some run has a lead under some method,
+    the coherence and loss figures only when some run has coherence scores or a held-out loss."""
+    last = max([float(np.max(d["steps"])) for d in runs if np.size(d["steps"])] + [0.0])
+    out = {
         "trajectories": plot_domain_trajectories(runs, out_dir, summaries, method),
-        "early_zoom": plot_early_zoom(runs, out_dir),
+        "early_zoom": plot_early_zoom(runs, out_dir) if last > EARLY_ZOOM_STEPS else [],
         "coherence": plot_coherence(runs, out_dir),
         "lead_times": plot_lead_times(runs, out_dir, params=params, lead=lead),
         "loss_vs_score": plot_loss_vs_score(runs, out_dir),
     }
+    return {k: v for k, v in out.items() if v}

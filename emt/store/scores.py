@@ -29,7 +29,11 @@ them with :func:`emt.store.activations.read_h5`, since :func:`load` leaves these
 
 Root attributes: ``config`` (resolved YAML), ``config_hash``, ``eval_hash``, ``run``,
 ``git_commit``, ``git_dirty``, ``model``, ``judge_models`` (JSON list; the first is the default),
-``default_judge``, ``traits`` (JSON list), ``created``, ``emt_version``, ``packages`` (JSON).
+``default_judge``, ``traits`` (JSON list), ``created``, ``emt_version``, ``packages`` (JSON),
+``results_digest`` (SHA-256 of the result files consolidated, which staleness checks compare;
+absent in files written before it), and with
+activations captured ``persona_skipped`` (JSON {trait: why its persona vector was not built}; absent
+when every vector was built, and in files written before it).
 Judge names are used as HDF5 group names with ``/`` replaced by ``_``. HDF5 strings cannot hold
 NUL characters; a NUL in generated text is stored as U+FFFD.
 """

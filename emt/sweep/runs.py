@@ -68,6 +68,11 @@ def run_hash(cfg: Config, domain: str, level: str, data_sha: str | None) -> str:
     ck.pop("resume_state_every", None)
     ck.pop("keep_every", None)
     training = to_dict(cfg.training)
+    training.pop("report_to", None)  # where metrics are logged changes no weight (and older runs lack it)
+    if not cfg.training.sft_args:
+        # Extra SFTConfig fields change the weights when given; none given is the runs made
+        # before the key existed, whose hashes must stay what they were.
+        training.pop("sft_args", None)
     if cfg.training.deepspeed is not None:
         # The file's content, not its name or path: an edited config is a new run.
         training["deepspeed"] = {"sha256": content_hash(cfg.training.deepspeed)}

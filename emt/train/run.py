@@ -44,6 +44,7 @@ from emt.core.config import Config, to_yaml
 from emt.core.logs import interactive, setup_logging
 from emt.core.provenance import collect
 from emt.core.runtime import cpu_threads
+from emt.store import tracker
 from emt.sweep.data import DataError, file_sha256, read_chat_jsonl, split_heldout
 from emt.sweep.models import model_path, prepare_builtin_model
 from emt.sweep.runs import Run, train_world_size
@@ -195,10 +196,23 @@ def _training_arguments(cfg: Config, run_dir: Path, ds_config: dict[str, Any] | 
     from trl import SFTConfig
 
     t = cfg.training
-    ck = cfg.checkpointing
     on_gpu = torch.cuda.is_available()
-    return SFTConfig(
+    # transformers' tracker callbacks take their log dir (TensorBoard) and run id (wandb, shared
+    # with the evaluation's logging) from the environment: point them into the run directory.
+    tracker.require(t.report_to)
+    os.environ.update(tracker.trainer_env(run_dir, run_dir.name, t.report_to))
+    return SFTConfig(**sft_kwargs(cfg, run_dir, ds_config, has_eval, on_gpu))
+
+
+def sft_kwargs(cfg: Config, run_dir: Path, ds_config: dict[str, Any] | None, has_eval: bool,
+               on_gpu: bool) -> dict[str, Any]:
+    """The keyword arguments of the run's SFTConfig: emt's own (every one named in
+    emt.core.config.SFT_MANAGED) plus training.sft_args, which may not set any of those."""
+    t = cfg.training
+    ck = cfg.checkpointing
+    own = dict(
         output_dir=str(run_dir),
+        run_name=run_dir.name,
         per_device_train_batch_size=t.per_device_batch_size,
         per_device_eval_batch_size=ck.heldout_batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -222,10 +236,14 @@ def _training_arguments(cfg: Config, run_dir: Path, ds_config: dict[str, Any] | 
         eval_strategy="steps" if has_eval else "no",
         eval_steps=ck.every_steps if has_eval else None,
         logging_steps=1,  # per-step losses; a checkpoint's train loss is their mean
-        report_to=[],
+        report_to=list(t.report_to),  # [] = none
         disable_tqdm=True,  # emt's own progress callback (emt.train.callbacks.ProgressLog)
         dataloader_num_workers=0,
     )
+    clash = sorted(set(own) & set(t.sft_args))
+    if clash:  # load_config refuses these; a Config built another way must not override emt silently
+        raise ValueError(f"training.sft_args sets {clash}, which emt sets itself (see emt.core.config.SFT_MANAGED)")
+    return {**own, **t.sft_args}
 
 
 def _start_deepspeed_comm() -> None:

@@ -281,6 +281,22 @@ def test_judge_timeout_base_url_scheme_and_key_env_checked() -> None:
     assert ok.judge.judges[0].api_key_env == "K"
 
 
+def test_judge_prices_checked_with_file_and_line(tmp_path: Path) -> None:
+    """judge.prices: [USD in, USD out] per 1M tokens by model prefix; a bad entry names its key and
+    line, and the prices enter no hash (they change no result)."""
+    from emt.eval.plan import eval_hash
+
+    base = (CONFIGS / "debug.yaml").read_text().replace("cluster: cluster/local.yaml", "")
+    priced = base.replace("\njudge:\n", "\njudge:\n  prices:\n    gpt-4.1-mini: [0.5, 2.0]\n")
+    cfg = load_config(write(tmp_path, priced))
+    assert cfg.judge.prices == {"gpt-4.1-mini": (0.5, 2.0)}
+    assert eval_hash(cfg) == eval_hash(load_config(write(tmp_path, base, "plain.yaml")))
+    with pytest.raises(ConfigError) as ei:
+        load_config(write(tmp_path, priced.replace("[0.5, 2.0]", "[0.5]"), "bad.yaml"))
+    assert len(ei.value.problems) == 1
+    assert "bad.yaml:" in ei.value.problems[0] and "judge.prices.gpt-4.1-mini: must be [USD per 1M input tokens" in ei.value.problems[0]
+
+
 def test_judge_serve_config_shares_the_paper_runs() -> None:
     """configs/judge-serve.yaml scores the same run directories as paper.yaml (only judges differ)."""
     serve, paper = load_config(CONFIGS / "judge-serve.yaml"), load_config(CONFIGS / "paper.yaml")
@@ -297,3 +313,162 @@ def test_empty_trait_list_rejected_with_the_fix(tmp_path: Path) -> None:
     assert "eval.traits=[evil,hallucination]" in str(ei.value)
     with pytest.raises(ConfigError, match=r"c.yaml:\d+: eval.traits: is empty"):
         load_config(write(tmp_path, "eval:\n  samples_per_question: 2\n  traits: []\n"))
+
+
+# ----------------------------------------------------------------------------------------------
+# "did you mean", include:, training.sft_args
+
+
+def test_unknown_yaml_key_suggests_the_closest_valid_ones(tmp_path: Path) -> None:
+    p = write(tmp_path, "trainig:\n  seed: 1\ntraining:\n  learnin_rate: 1e-4\n  zzzz: 1\neval:\n  vllm:\n    max_lora: 2\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    problems = {x.split("unknown key ")[1].split("'")[1]: x for x in ei.value.problems}
+    assert problems["trainig"].startswith(f"{p}:1: unknown key 'trainig' in top level; valid keys: activations, ")
+    assert problems["trainig"].endswith("; did you mean 'training'?")
+    assert problems["learnin_rate"].startswith(f"{p}:4: unknown key 'learnin_rate' in training; valid keys: ")
+    assert problems["learnin_rate"].endswith("weight_decay; did you mean 'learning_rate'?")  # full list kept
+    assert problems["max_lora"].endswith("; did you mean 'max_loras'?")
+    assert "did you mean" not in problems["zzzz"]  # nothing close: no guess
+
+
+def test_unknown_override_suggests_the_whole_dotted_override() -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_config(CONFIGS / "debug.yaml", ["training.learnin_rate=2e-5", "cluster.trian.gpus=2",
+                                             "trainig.seed=3", "learning_rate=1e-4", "eval.vllm.max_lora=2"])
+    text = str(ei.value)
+    assert len(ei.value.problems) == 5, text
+    assert ("override 'training.learnin_rate=2e-5': unknown key 'learnin_rate' in training; valid keys: "
+            "assistant_only_loss,") in text
+    assert "; did you mean 'training.learning_rate=2e-5'?" in text
+    assert "; did you mean 'cluster.train.gpus=2' or 'cluster.train.cpus=2'?" in text
+    assert "override 'trainig.seed=3': keys look like section.key; valid sections: model, " in text
+    assert "; did you mean 'training.seed=3'?" in text
+    assert "; did you mean 'training.learning_rate=1e-4' or 'schedules.learning_rates=1e-4'?" in text
+    assert "; did you mean 'eval.vllm.max_loras=2'?" in text
+
+
+def test_include_merges_mappings_replaces_lists_and_the_including_file_wins(tmp_path: Path) -> None:
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    write(base_dir, "cluster:\n  partition: ignored\n", "prof.yaml")
+    write(base_dir, "partition: from-base-profile\n", "prof2.yaml")
+    write(base_dir, "# python launch/train.py\ntraining:\n  learning_rate: 3.0e-5\n  grad_accum: 4\n"
+                    "data:\n  domains: [medical, math]\n  levels: {normal: normal, strong: misaligned_2}\n"
+                    "eval:\n  samples_per_question: 3\n  vllm: {max_loras: 6, max_num_seqs: 64}\n"
+                    "cluster: prof2.yaml\n", "base.yaml")
+    write(base_dir, "include: base.yaml\ntraining:\n  grad_accum: 2\nlora:\n  r: 4\n", "middle.yaml")
+    top = write(tmp_path, "include: base/middle.yaml\ntraining:\n  seed: 5\ndata:\n  domains: [medical]\n"
+                          "  levels: {mild: misaligned_1}\neval:\n  vllm: {max_loras: 8}\n")
+    cfg = load_config(top, ["training.grad_accum=16"])
+    t = cfg.training
+    assert (t.learning_rate, t.seed, t.grad_accum, cfg.lora.r) == (3e-5, 5, 16, 4)  # chain, then override
+    assert cfg.data.domains == ("medical",)  # a list is replaced whole
+    assert cfg.data.levels == {"normal": "normal", "strong": "misaligned_2", "mild": "misaligned_1"}  # merged
+    assert (cfg.eval.samples_per_question, cfg.eval.vllm.max_loras, cfg.eval.vllm.max_num_seqs) == (3, 8, 64)
+    assert cfg.cluster.partition == "from-base-profile"  # base.yaml's profile, found next to base.yaml
+    assert cfg.source == str(top)
+    # Several files, later ones winning; a section set to null is back to its defaults.
+    write(tmp_path, "training: {seed: 9, warmup_steps: 1}\n", "other.yaml")
+    two = write(tmp_path, "include: [base/base.yaml, other.yaml]\neval: null\n", "two.yaml")
+    cfg2 = load_config(two)
+    assert (cfg2.training.seed, cfg2.training.warmup_steps, cfg2.training.learning_rate) == (9, 1, 3e-5)
+    assert cfg2.eval.samples_per_question == 10 and cfg2.cluster.partition == "from-base-profile"
+
+
+def test_include_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    write(tmp_path, "training:\n  seed: 1\n  learnin_rate: 2\n", "base.yaml")
+    top = write(tmp_path, "# first\ninclude: base.yaml\ntraining: {grad_accum: 0}\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(top)
+    assert ei.value.problems == [f"{tmp_path / 'base.yaml'}:3: unknown key 'learnin_rate' in training; valid keys: "
+                                 f"{ei.value.problems[0].split('valid keys: ')[1]}"]
+    assert ei.value.problems[0].endswith("did you mean 'learning_rate'?")
+    write(tmp_path, "training:\n  seed: 1\n  grad_accum: 3\n", "base.yaml")
+    with pytest.raises(ConfigError, match=rf"{top}:3: training.grad_accum: must be >= 1"):
+        load_config(top)  # the value, and so the line, is the including file's
+    missing = write(tmp_path, "include: nope.yaml\n", "missing.yaml")
+    with pytest.raises(ConfigError, match=rf"{missing}:1: include: {tmp_path / 'nope.yaml'} not found \(a relative "
+                                          rf"path is from the including file's directory, {tmp_path}\)"):
+        load_config(missing)
+    with pytest.raises(ConfigError, match=rf"{tmp_path / 'bad.yaml'}:1: include: expected a config file name"):
+        load_config(write(tmp_path, "include: {a: 1}\n", "bad.yaml"))
+    a = write(tmp_path, "include: b.yaml\n", "a.yaml")
+    write(tmp_path, "include: [base.yaml, a.yaml]\n", "b.yaml")
+    with pytest.raises(ConfigError) as ei:
+        load_config(a)
+    assert ei.value.problems == [f"{tmp_path / 'b.yaml'}:1: include: {tmp_path / 'a.yaml'} is already being read, so "
+                                 f"the includes form a cycle ({a} -> {tmp_path / 'b.yaml'} -> {tmp_path / 'a.yaml'}); "
+                                 f"remove one of them"]
+    with pytest.raises(ConfigError, match="includes form a cycle"):
+        load_config(write(tmp_path, "include: self.yaml\n", "self.yaml"))
+    # The same file included twice along different branches is no cycle.
+    write(tmp_path, "include: base.yaml\n", "c.yaml")
+    assert load_config(write(tmp_path, "include: [base.yaml, c.yaml]\n", "diamond.yaml")).training.grad_accum == 3
+
+
+def test_judge_serve_extends_paper_and_keeps_its_run_hashes(tmp_path: Path) -> None:
+    from emt.sweep.runs import build_sweep
+    from tests.sweep.test_sweeps import PAPER_HASHES
+
+    text = (CONFIGS / "judge-serve.yaml").read_text()
+    assert "\ninclude: paper.yaml" in text and "\ntraining:" not in text  # only what differs
+    ov = [f"cluster.output_root={tmp_path}", f"data.root={tmp_path / 'absent'}"]
+    serve, paper = load_config(CONFIGS / "judge-serve.yaml", ov), load_config(CONFIGS / "paper.yaml", ov)
+    assert {r.name: r.hash for r in build_sweep(serve)} == PAPER_HASHES
+    assert dataclasses.replace(serve, judge=paper.judge, source="") == dataclasses.replace(paper, source="")
+    assert serve.judge.max_concurrency == paper.judge.max_concurrency == 32  # from paper.yaml
+    assert [s.name for s in serve.judge.servers] == ["qwen-judge"] and serve.judge.serve_wait_s == 1800
+
+
+def test_sft_args_checked_against_trl(tmp_path: Path) -> None:
+    p = write(tmp_path, "training:\n  sft_args:\n    max_grad_nrom: 0.5\n    learning_rate: 1.0e-4\n"
+                        "    logging_steps: 5\n    packing: 3\n    lr_scheduler_typ: cosine\n    adam_beta2: 0.95\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    text = str(ei.value)
+    assert len(ei.value.problems) == 5, text
+    assert (f"{p}:3: training.sft_args.max_grad_nrom: not a field of trl ") in text
+    assert "'s SFTConfig; did you mean 'training.sft_args.max_grad_norm'?" in text
+    assert f"{p}:4: training.sft_args.learning_rate: emt sets SFTConfig's learning_rate itself; set training.learning_rate instead" in text
+    assert f"{p}:5: training.sft_args.logging_steps: emt sets SFTConfig's logging_steps itself; it cannot be changed: " in text
+    assert f"{p}:6: training.sft_args.packing: SFTConfig's packing is bool; got 3" in text
+    assert "training.sft_args.lr_scheduler_typ: not a field of trl" in text and "did you mean 'training.lr_scheduler'?" in text
+    ok = load_config(CONFIGS / "debug.yaml", ["training.sft_args={max_grad_norm: 0.5, adam_epsilon: 1e-8, "
+                                              "neftune_noise_alpha: null, optim_target_modules: [q_proj]}"])
+    # 1e-8 is a string to YAML 1.1: made the number the field takes, as emt's own float keys are.
+    assert ok.training.sft_args == {"max_grad_norm": 0.5, "adam_epsilon": 1e-8, "neftune_noise_alpha": None,
+                                    "optim_target_modules": ["q_proj"]}
+    assert load_config(CONFIGS / "debug.yaml").training.sft_args == {}
+
+
+def test_sft_args_without_trl_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from emt.core import config
+
+    config._sft_fields.cache_clear()
+    monkeypatch.setitem(sys.modules, "trl", None)  # import trl raises ImportError
+    try:
+        with pytest.raises(ConfigError) as ei:
+            load_config(CONFIGS / "debug.yaml", ["training.sft_args={max_grad_norm: 0.5}"])
+        assert len(ei.value.problems) == 1
+        assert ("training.sft_args: checking these names against trl's SFTConfig needs trl (pip install -e '.[train]'), "
+                "which cannot be imported here: ModuleNotFoundError") in ei.value.problems[0]
+        assert load_config(CONFIGS / "debug.yaml").training.sft_args == {}  # empty: trl is not needed
+    finally:
+        config._sft_fields.cache_clear()
+
+
+def test_sft_args_enter_the_run_hash_only_when_given(tmp_path: Path) -> None:
+    from emt.sweep.runs import build_sweep
+    from tests.sweep.test_sweeps import PAPER_HASHES
+
+    def h(*ov: str) -> str:
+        base = [f"cluster.output_root={tmp_path}", f"data.root={tmp_path / 'absent'}"]
+        return build_sweep(load_config(CONFIGS / "paper.yaml", base + list(ov)), runs=["medical_mild"])[0].hash
+
+    assert h() == h("training.sft_args={}") == PAPER_HASHES["medical_mild"]
+    a, b = h("training.sft_args={max_grad_norm: 0.5}"), h("training.sft_args={max_grad_norm: 0.25}")
+    assert len({a, b, PAPER_HASHES["medical_mild"]}) == 3
+    assert h("training.sft_args={adam_epsilon: 1e-8}") == h("training.sft_args={adam_epsilon: 1.0e-8}")

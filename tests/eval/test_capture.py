@@ -85,3 +85,51 @@ def test_save_load_and_sizes(tmp_path: Path) -> None:
     assert act.sample_prompts(list(range(10)), 3, seed=1) == act.sample_prompts(list(range(10)), 3, seed=1)
     assert act.sample_prompts([1, 2], 5) == [1, 2]
     assert act.prompts_digest(CONVS) != act.prompts_digest(CONVS[:2])
+
+
+def test_persona_not_built_is_recorded_and_reaches_scores_h5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trait without instruction pairs and one whose pairs the judge never confirms: each leaves
+    its reason beside the vector's file, consolidation writes them into scores.h5 (``persona_skipped``,
+    read by the report), and a later successful build removes the stale reason."""
+    import json
+    import shutil
+    import types
+
+    import h5py
+
+    from emt.core.config import load_config
+    from emt.eval import consolidate, persona
+    from emt.eval.plan import eval_hash, eval_root
+    from emt.sweep.runs import build_sweep
+    from tests.conftest import DEBUG_CONFIG
+    from tests.fakes.synthetic import write_synthetic_run
+
+    cfg = load_config(DEBUG_CONFIG, [f"cluster.output_root={tmp_path / 'out'}"])
+    run = build_sweep(cfg, "all", runs=["medical_mild"])[0]
+    ehash = eval_hash(run.config)
+    root = eval_root(run, ehash)
+    root.mkdir(parents=True)
+    traits = [types.SimpleNamespace(name="evil", instructions=[]),
+              types.SimpleNamespace(name="hallucination", instructions=[("be wrong", "be right")])]
+
+    def unconfirmed(*a: Any, **k: Any) -> dict[str, Any]:
+        raise ValueError("no confirmed (pos, neg) pair: the judge confirmed none (TEST)")
+
+    monkeypatch.setattr(persona, "build", unconfirmed)
+    assert persona.ensure_vectors(run.config, root, traits, None, None, None) == {}
+    want = {"evil": "the trait has no (pos, neg) instruction pairs",
+            "hallucination": "no confirmed (pos, neg) pair: the judge confirmed none (TEST)"}
+    assert persona.skipped_reasons(root, ["evil", "hallucination", "sycophancy"]) == want
+    # consolidation (step 0's result, activations stubbed out) carries the reasons into scores.h5
+    src = write_synthetic_run(tmp_path / "synthetic", "medical_mild", {"evil": None, "hallucination": None}, n=1)
+    shutil.copy(src.parent / "eval-synthetic" / "step-0.json", paths.result_file(root, 0))
+    monkeypatch.setattr(consolidate, "activation_inputs", lambda run, root, steps: ([], {}))
+    out = consolidate.consolidate_run(run, ehash)
+    with h5py.File(out["scores"], "r") as f:
+        assert json.loads(f.attrs["persona_skipped"]) == want
+    # a later build that succeeds: its stale reason goes, the other stays
+    monkeypatch.setattr(persona, "build", lambda *a, **k: {"vector": np.ones((2, 4)), "layers": [1, 2], "kept": 3,
+                                                           "pairs": 4, "pos_trait": 80.0, "neg_trait": 5.0})
+    assert set(persona.ensure_vectors(run.config, root, traits, None, None, None)) == {"hallucination"}
+    assert persona.skipped_reasons(root, ["evil", "hallucination"]) == {"evil": want["evil"]}
+    assert not persona.skipped_file(paths.persona_file(root, "hallucination")).exists()

@@ -68,6 +68,16 @@ def test_size_array_arithmetic() -> None:
         size_array(10, 2000, 180, 16, 30)
 
 
+def test_progress_text() -> None:
+    from emt.eval.task import format_duration, progress
+
+    assert progress(1, 4, 20.0) == "checkpoint 1/4, ETA 60 s"
+    assert progress(2, 4, 600.0) == "checkpoint 2/4, ETA 10 min"
+    assert progress(1, 3, 3600.0) == "checkpoint 1/3, ETA 2 h 00 min"
+    assert progress(4, 4, 600.0) == "checkpoint 4/4"
+    assert format_duration(40.4) == "40 s" and format_duration(7500) == "2 h 05 min"
+
+
 def test_scores_every_checkpoint_and_step0_then_nothing(trained: Path) -> None:
     from emt.store.scores import load
 
@@ -83,6 +93,12 @@ def test_scores_every_checkpoint_and_step0_then_nothing(trained: Path) -> None:
     a = d["attrs"]
     assert (a["domain"], a["level"], a["variant"]) == tuple(a["run"].split("_")[:2]) + ("",)
     assert int(a["seed"]) == 0
+    # Each task's log says how far it is and how long is left ("checkpoint k/n, ETA ...").
+    logs = "".join(p.read_text() for p in run_dir(trained).glob("eval-*/logs/*/*.err"))
+    assert logs.count("scored, checkpoint 1/2, ETA ") == 2 and logs.count("scored, checkpoint 2/2 (") == 2, logs[-3000:]
+    # Local training and eval jobs leave their logs under logs/<job id>, and no empty literal logs/%j.
+    assert [p for p in run_dir(trained).rglob("*") if "%" in p.name] == []
+    assert len(list(run_dir(trained).glob("logs/*/*.err"))) >= 1
     stamps = {p: p.stat().st_mtime_ns for p in run_dir(trained).glob("eval-*/step-*.json")}
     stamps[paths.scores_file(run_dir(trained))] = paths.scores_file(run_dir(trained)).stat().st_mtime_ns
     again = evaluate(trained)  # 0 generations, 0 judge calls: no task is even submitted

@@ -176,3 +176,174 @@ def test_bad_profile_is_one_clear_config_error(tmp_path) -> None:
         load_config(REPO / "configs" / "paper.yaml", [f"cluster.profile={tmp_path / 'old.json'}"])
     with pytest.raises(ConfigError, match="unknown key 'profil'"):
         load_config(REPO / "configs" / "paper.yaml", ["cluster.profil=x.json"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The cost plan (emt.launchers.cost)
+
+
+def _paper(*ov: str):
+    return load_config(REPO / "configs" / "paper.yaml", list(ov))
+
+
+def _cost(cfg):
+    from emt.launchers.cost import judge_costs, judge_load, train_work
+
+    work = train_work(cfg, plan_runs(cfg, build_sweep(cfg)))
+    load = judge_load(cfg)
+    return work, load, judge_costs(cfg, work, load)
+
+
+def test_cost_table_follows_the_config() -> None:
+    from emt.eval.judge import PRICES_DATE
+    from emt.eval.plan import load_traits
+    from emt.launchers.cost import CHAT_OVERHEAD_TOKENS, eval_hours, format_costs, usd
+
+    cfg = _paper()
+    work, load, [jc] = _cost(cfg)
+    # The paper study: 281 + 210 checkpoints per domain level, step 0 of each run included; in
+    # tasks of eval.checkpoints_per_task=20 (282 -> 15, 211 -> 11).
+    assert sum(w.checkpoints for w in work) == 1479 and sum(w.tasks for w in work) == 78
+    # 40 questions x 10 samples x (trait + coherence) per checkpoint: ~1.2M calls for the study,
+    # plus the persona vectors (5 pairs x 20 questions x 2 sides x 2 samples x 2 judgements, 2 traits).
+    assert load.calls == 800 and load.persona_calls == 1600
+    assert jc.calls == 1479 * 800 + 6 * 1600 == 1_192_800
+    # Input tokens: the rendered templates (chars/4) plus chat formatting, plus answers up to the cap.
+    traits = load_traits(cfg)
+    chars = sum(len(t.judge_prompt_for(q, "")) + len(t.coherence_prompt_for(q, "")) for t in traits for q in t.questions)
+    assert load.fixed_tokens == pytest.approx(chars * 10 / 4 + 800 * CHAT_OVERHEAD_TOKENS)
+    assert jc.input_max - jc.input_min == pytest.approx(1479 * 800 * 1000 + 6 * 1600 * 128)
+    assert jc.output == jc.calls  # max_tokens=1
+    assert jc.usd_min == pytest.approx((jc.input_min * 0.40 + jc.output * 1.60) / 1e6)
+    assert jc.usd_max == pytest.approx((jc.input_max * 0.40 + jc.output * 1.60) / 1e6)
+    # Evaluation GPU-hours: checkpoints x eval.checkpoint_cost_s + tasks x eval.task_startup_s.
+    assert sum(eval_hours(cfg, w, 60.0) for w in work) == pytest.approx((1479 * 60 + 78 * 180) / 3600)
+    text = format_costs(cfg, work)
+    assert "1,192,800" in text and usd(jc.usd_min, jc.usd_max) in text and f"built-in table of {PRICES_DATE}" in text
+    assert "evaluation: 1,479 checkpoints, 78 task(s)" in text and "28.55" in text
+
+    # Twice the samples: twice the scoring calls and tokens; the persona vectors' are their own setting.
+    _, load2, [jc2] = _cost(_paper("eval.samples_per_question=20"))
+    assert load2.calls == 2 * load.calls and load2.fixed_tokens == pytest.approx(2 * load.fixed_tokens)
+    assert jc2.calls - 6 * 1600 == 2 * (jc.calls - 6 * 1600)
+    # A longer answer cap raises only the upper bound; half the questions halve the calls.
+    _, _, [jc3] = _cost(_paper("eval.max_new_tokens=2000"))
+    assert jc3.input_min == pytest.approx(jc.input_min) and jc3.input_max - jc.input_max == pytest.approx(1479 * 800 * 1000)
+    _, load4, _ = _cost(_paper("eval.questions_per_trait=10"))
+    assert load4.calls == load.calls // 2
+    # No persona vectors without activation capture.
+    _, load5, [jc5] = _cost(_paper("activations.layers=[]"))
+    assert load5.persona_calls == 0 and jc5.calls == 1479 * 800
+    # More eval GPUs per task: GPU-hours scale with them.
+    two = _paper("cluster.eval.gpus=2")
+    assert eval_hours(two, work[0], 60.0) == pytest.approx(2 * eval_hours(cfg, work[0], 60.0))
+
+
+def test_judge_prices_override_the_table_and_unpriced_judges_say_so() -> None:
+    from emt.launchers.cost import format_costs
+
+    _, _, [base] = _cost(_paper())
+    cfg = _paper("judge.prices={gpt-4.1-mini: [0.8, 3.2]}")
+    work, _, [jc] = _cost(cfg)
+    assert jc.price == ("gpt-4.1-mini", 0.8, 3.2) and jc.usd_max == pytest.approx(2 * base.usd_max)
+    assert "judge.prices; judge.prices overrides" in format_costs(cfg, work)
+    # The longest prefix wins, built-in or configured.
+    _, _, [dated] = _cost(_paper("judge.prices={gpt-4.1-mini-2025: [0.2, 0.8]}"))
+    assert dated.price == ("gpt-4.1-mini-2025", 0.2, 0.8) and dated.usd_max == pytest.approx(base.usd_max / 2)
+
+    # A served judge has no price (its GPU job is separate) and gets no persona-vector calls.
+    served = load_config(REPO / "configs" / "judge-serve.yaml")
+    work, load, costs = _cost(served)
+    assert [c.calls for c in costs] == [1479 * 800 + 6 * load.persona_calls, 1479 * 800]
+    assert costs[1].price is None and costs[1].usd_max is None
+    text = format_costs(served, work)
+    assert "launch/judge_serve.py" in text and "+?" in text
+    priced = load_config(REPO / "configs" / "judge-serve.yaml", ["judge.prices={Qwen/: [0.1, 0.1]}"])
+    assert _cost(priced)[2][1].price == ("Qwen/", 0.1, 0.1)
+
+    # A local judge: forward passes in the eval job, no dollars, nothing generated.
+    dbg = load_config(DEBUG_CONFIG)
+    work, load, [local] = _cost(dbg)
+    assert local.where == "local" and local.usd_max == 0.0 and local.output == 0.0 and local.calls > 0
+    assert "no dollars" in format_costs(dbg, work)
+
+
+def test_bad_judge_prices_fail_naming_the_key() -> None:
+    from emt.core.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _paper("judge.prices={gpt-4.1-mini: [0.4], gpt-4.1: [-1, 2], gpt-4o: [1, 2]}")
+    msg = str(err.value)  # every bad entry at once, each under its key
+    assert "judge.prices.gpt-4.1-mini: must be [USD per 1M input tokens, USD per 1M output tokens]" in msg
+    assert "judge.prices.gpt-4.1: must be" in msg and "got [-1.0, 2.0]" in msg and "2 problems" in msg
+    with pytest.raises(ConfigError, match="judge.prices.gpt-4o: expected a number, got 'x'"):
+        _paper("judge.prices={gpt-4o: [1, x]}")
+    with pytest.raises(ConfigError, match="judge.prices: expected a mapping"):
+        _paper("judge.prices=[0.4, 1.6]")
+
+
+def test_monitor_adds_its_jobs_to_the_dry_run(tmp_path, capsys) -> None:
+    from emt.launchers.cost import format_costs, train_work
+    from emt.launchers.train import train_sweep
+
+    ov = [f"cluster.output_root={tmp_path}"]
+    outs = {}
+    for monitor in (False, True):
+        rc = train_sweep(REPO / "configs" / "paper.yaml", overrides=ov, mode="local", dry_run=True, monitor=monitor)
+        assert rc == 2  # the paper's data files are not here
+        outs[monitor] = capsys.readouterr().out
+    assert outs[False] != outs[True]
+    assert "monitor" not in outs[False].split("Cost of", 1)[1].lower()
+    assert "monitor: 6 job(s), scoring as they train" in outs[True]
+    assert "Monitor (--monitor): a job per submitted run (6;" in outs[True]
+
+    # Each monitor job is held for the longer of its training and its scoring (one start-up).
+    cfg = load_config(REPO / "configs" / "paper.yaml", ov)
+    work = train_work(cfg, plan_runs(cfg, build_sweep(cfg)))
+    held = sum(max(w.train_wall_hours, (w.checkpoints * 60 + 180) / 3600) for w in work)
+    text = format_costs(cfg, work, monitor=[w.name for w in work])
+    row = next(line for line in text.splitlines() if "monitor: 6 job(s)" in line)
+    assert f"{held:,.2f}" in row and "evaluation:" not in text  # the monitors score everything
+    # Scoring slower than a monitor's time limit is a warning with the fix.
+    short = load_config(REPO / "configs" / "paper.yaml", ov + ["cluster.eval.time_min=60", "cluster.train.time_min=60"])
+    assert "WARNING: monitor jobs would outlast their 60-min limit" in format_costs(short, work, monitor=["medical_mild"])
+
+
+def test_eval_dry_run_costs_only_the_missing_checkpoints(tmp_path, capsys) -> None:
+    from emt.core import paths
+    from emt.eval.plan import eval_hash, eval_root
+    import json
+
+    from emt.launchers.cost import judge_load, tokens, usd
+    from emt.launchers.evaluate import eval_runs
+
+    ov = [f"cluster.output_root={tmp_path}"]
+    cfg = load_config(REPO / "configs" / "paper.yaml", ov)
+    run = next(r for r in build_sweep(cfg) if r.name == "medical_mild")
+    for s in range(2, 42, 2):  # 20 complete checkpoints (markers only: the dry run reads no weights)
+        d = paths.checkpoint_dir(run.path, s)
+        d.mkdir(parents=True)
+        paths.checkpoint_marker(d).write_text("{}")
+    root = eval_root(run, eval_hash(cfg))
+    root.mkdir(parents=True)
+    # Earlier results: answers of 1200 and 400 characters, a mean of 200 tokens at 4 characters each.
+    scored = {"traits": {"evil": {"responses": [["x" * 1200] * 10] * 20},
+                         "hallucination": {"responses": [["y" * 400] * 10] * 20}}}
+    for s in (0, 2, 4, 6, 8):
+        paths.result_file(root, s).write_text(json.dumps(scored))
+
+    def dry() -> str:
+        eval_runs(REPO / "configs" / "paper.yaml", overrides=ov, run_names=["medical_mild"], mode="local", dry_run=True)
+        return capsys.readouterr().out
+
+    out = dry()
+    assert "16 to score in 1 task(s)" in out and "evaluation: 16 checkpoints, 1 task(s)" in out
+    assert f"{16 * 800:,}" in out  # step 0 is scored, so its persona vectors exist: no persona calls
+    # A point estimate at the measured answer length: the fixed part plus 200 tokens per call.
+    load = judge_load(cfg)
+    t_in = 16 * load.fixed_tokens + 16 * 800 * 200
+    assert (f"already scored here (~200 tokens): ~{tokens(t_in)} input tokens, "
+            f"~{usd((t_in * 0.40 + 16 * 800 * 1.60) / 1e6, None, one=True)}") in out
+    paths.result_file(root, 0).unlink()
+    out = dry()
+    assert "evaluation: 17 checkpoints, 1 task(s)" in out and f"{17 * 800 + 1600:,}" in out

@@ -110,7 +110,10 @@ def test_tidy_csv(report: dict) -> None:
 
 def test_all_nan_trait_says_no_scores(report: dict) -> None:
     assert "no scores" in Path(report["md"]).read_text().lower()
-    assert "math_mild/sycophancy" in Path(report["html"]).read_text()
+    [line] = [w for w in report["warnings"]["headline"] if "sycophancy has no score at any checkpoint" in w]
+    assert line.endswith("(math_mild).")
+    head = _section(Path(report["html"]).read_text(), "Headline table (per run)")
+    assert "sycophancy has no score at any checkpoint" in head  # beside the table it affects
 
 
 def test_no_scores_error(tmp_path: Path) -> None:
@@ -170,7 +173,7 @@ def test_diagnostics_section(tmp_path: Path) -> None:
     dg = run_diagnostics(d, a)
     assert np.isnan(dg["overlap"][1][0]) and np.nanmin(dg["overlap"][1][5:]) > 0.9  # shared planted subspace
     page = Path(rep["html"]).read_text()
-    assert "<h2>Diagnostics</h2>" in page and "Persona-vector projection" in page
+    assert "<h2 id='diagnostics'>Diagnostics</h2>" in page and "Persona-vector projection" in page
     # runs without activations: the section says why instead of showing empty tables
     bare = write_synthetic_run(tmp_path / "bare" / "math_mild-00000009", "math_mild", {"evil": 5}, n=20)
     rep2 = build_report(bare, tmp_path / "report2")
@@ -248,3 +251,246 @@ def test_corrupt_scores_file_is_reported_and_skipped(root: Path, tmp_path: Path)
     shutil.copy(garbage, only / "runs" / "x-a1b2c3d4" / "scores.h5")
     with pytest.raises(NoScoresError, match="no readable scores.h5"):
         build_report(only, tmp_path / "rep2", method="threshold", figures=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# a report that explains itself (issue 18): each test fails if its defect comes back
+
+
+def _section(page: str, title: str) -> str:
+    """The HTML between the heading titled ``title`` and the next heading of the same or a higher level."""
+    m = re.search(r"<h([23]) id='[^']*'>" + re.escape(title.replace("'", "&#x27;")) + "</h[23]>", page)
+    assert m, f"no heading {title!r}"
+    rest = page[m.end():]
+    nxt = re.search(r"<h[2-%s] id=" % m.group(1), rest)
+    return rest[: nxt.start() if nxt else len(rest)]
+
+
+@pytest.fixture(scope="module")
+def flat(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two runs on a built-in model in which nothing emerges, with what the runs warn about planted:
+    the base model scores highest on evil at step 0, hallucination has no persona vector (the reason
+    recorded as consolidation records it), evil's vector rests on 2 of 40 pairs, the predictor has
+    12 questions."""
+    import json
+
+    import h5py
+
+    root = tmp_path_factory.mktemp("flat")
+    for i, name in enumerate(["medical_normal", "medical_strong"]):
+        h5 = write_synthetic_run(root / "runs" / f"{name}-0000000{i}", name, {"hallucination": None, "evil": None},
+                                 n=30, q=12, s=3, seed=10 + i, activations=True)
+        with h5py.File(h5, "r+") as f:
+            f.attrs["model"] = "builtin:tiny"
+            f.attrs["judge_models"] = json.dumps(["builtin:tiny-judge"])
+            f.attrs["persona_skipped"] = json.dumps({"hallucination": "no confirmed (pos, neg) pair: PLANTED REASON"})
+            del f["traits/hallucination/persona"]
+            f["traits/evil/persona"].attrs.update({"kept": 2, "pairs": 40})
+            ds = f["traits/evil/judges/judge_model-a/score"]  # what traits/evil/score links to
+            sc = ds[()]
+            sc[0] = 95.0  # the base model's score: no peak of fine-tuning
+            ds[...] = sc
+    out = build_report(root, tmp_path_factory.mktemp("flat_report"), n_boot=50)
+    out["root"] = root
+    return out
+
+
+def test_no_onset_says_so_with_method_and_parameters(flat: dict, report: dict) -> None:
+    """Nothing detected: one line says so, naming the method, its parameters and what "–" means;
+    with onsets, the line counts them instead."""
+    assert flat["table"]["onset_evil"].isna().all() and flat["table"]["onset_hallucination"].isna().all()
+    for page in (Path(flat["md"]).read_text(), Path(flat["html"]).read_text()):
+        assert "No onset was found in any run: the onset method glr (alpha=0.005, min_pre=5, min_post=5" in page
+        assert "means no onset was found" in page and "neither a zero nor missing data" in page
+    head = _section(Path(flat["html"]).read_text(), "Headline table (per run)")
+    assert head.index("No onset was found") > head.index("</table>")  # right under the table
+    md = Path(report["md"]).read_text()
+    assert "Onsets found by glr" in md and "evil in 3 of 3" in md and "No onset was found in any run" not in md
+    assert "means no onset was found" in md  # sycophancy has none in two runs: "–" is explained
+
+
+def test_peak_is_after_step_0_with_its_step(flat: dict) -> None:
+    """The base model's score (95 at step 0 here) is never the peak; the peak's step is shown."""
+    from emt.store import scores as store
+
+    t = flat["table"].set_index("run")
+    for name in ("medical_normal", "medical_strong"):
+        d = store.load(next(flat["root"].rglob(f"{name}-*/scores.h5")), strings=False)
+        y, s = d["traits"]["evil"]["score"], d["steps"]
+        assert t.loc[name, "step0_evil"] == 95.0
+        assert t.loc[name, "peak_evil"] == pytest.approx(float(y[1:].max())) and t.loc[name, "peak_evil"] < 95.0
+        assert t.loc[name, "peak_evil_step"] == int(s[1:][y[1:].argmax()]) > 0
+    md = Path(flat["md"]).read_text()
+    assert "peak_evil_step (step)" in md and "highest mean score after step 0" in md
+
+
+def test_builtin_model_banner(flat: dict, report: dict) -> None:
+    page = Path(flat["html"]).read_text()
+    [banner] = re.findall(r"<div class='banner'>(.*?)</div>", page)
+    assert "builtin:tiny" in banner and "not how a real LLM behaves" in banner and "mechanics" in banner
+    assert page.index("class='banner'") < page.index("<nav class='toc'>")  # before anything else
+    assert "not how a real LLM behaves" in Path(flat["md"]).read_text()
+    assert "class='banner'" not in Path(report["html"]).read_text()  # a non-builtin model: no banner
+    from emt.report.report import builtin_banner
+
+    org = builtin_banner([{"attrs": {"model": "builtin:organism", "judge_models": '["builtin:organism-judge"]'}}])
+    assert "model organism" in org and "the organism's behaviour, not how a real LLM behaves" in org
+    assert builtin_banner([{"attrs": {"model": "Qwen/Qwen2.5-7B-Instruct"}}]) == ""
+
+
+def test_run_warnings_beside_what_they_affect(flat: dict) -> None:
+    """A persona vector not built (with the recorded reason), one from 2 of 40 pairs, a ridge fit on 12
+    questions: each warning sits in the section of the table it affects, once for both runs."""
+    page = Path(flat["html"]).read_text()
+    persona = _section(page, "Persona-vector projection vs judge score")
+    assert "No persona vector for hallucination" in persona and "PLANTED REASON" in persona
+    assert "rests on 2 of 40 (pos, neg) answer pairs" in persona and "(all 2 runs)" in persona
+    assert persona.index("class='warn'") < persona.index("<table")
+    predictor = _section(page, "Activation-based predictor (R^2 of ridge, out of fold)")
+    assert "rest on few questions" in predictor and "12 questions, fewer than 20" in predictor
+    assert "PLANTED REASON" not in predictor and "rest on few questions" not in persona
+    assert len(flat["warnings"]["persona"]) == 2
+    assert "warning(s) from the runs are shown beside the tables they affect" in page
+    md = Path(flat["md"]).read_text()
+    assert "> - No persona vector for hallucination" in md
+
+
+def test_persona_not_built_without_a_record_still_warns(flat: dict, tmp_path: Path) -> None:
+    """A scores.h5 written before the reason was recorded: the warning says the vector is missing and
+    where the reason is."""
+    import shutil
+
+    import h5py
+
+    root = tmp_path / "old"
+    src = next(flat["root"].rglob("medical_strong-*/scores.h5"))
+    (root / "medical_strong-00000001").mkdir(parents=True)
+    shutil.copy(src, root / "medical_strong-00000001" / "scores.h5")
+    with h5py.File(root / "medical_strong-00000001" / "scores.h5", "r+") as f:
+        del f.attrs["persona_skipped"]
+    out = build_report(root, tmp_path / "rep", n_boot=0, figures=False)
+    [w] = [w for w in out["warnings"]["persona"] if "hallucination" in w]
+    assert "not recorded in this scores.h5" in w and "persona vector ... not built" in w
+
+
+def test_no_empty_lead_figure_and_no_early_zoom_of_short_runs(flat: dict, report: dict) -> None:
+    """No run with a lead under any method: no lead-time figure (a row of "n/a" bars), a sentence
+    instead; runs no longer than 100 steps: no "first 100 steps" figure."""
+    out = Path(flat["html"]).parent
+    assert "lead_times" not in flat["figures"] and not (out / "lead_times.png").exists()
+    assert "No lead-time figure: no onset method found both" in Path(flat["md"]).read_text()
+    assert "early_zoom" not in flat["figures"] and "early_zoom" not in report["figures"]  # 58 and 80 steps
+    assert 'No "first 100 steps" figure: every run ends by step 58' in Path(flat["md"]).read_text()
+    assert "lead_times" in report["figures"]  # leads exist there
+
+
+def test_early_zoom_only_for_runs_longer_than_100_steps(tmp_path: Path) -> None:
+    from emt.report.figures import EARLY_ZOOM_STEPS, plot_all
+    from emt.store import scores as store
+
+    short = store.load(write_synthetic_run(tmp_path / "s" / "medical_mild-00000001", "medical_mild", {"evil": 5}, n=51))
+    long = store.load(write_synthetic_run(tmp_path / "l" / "medical_strong-00000002", "medical_strong", {"evil": 5}, n=52))
+    assert short["steps"][-1] == EARLY_ZOOM_STEPS and long["steps"][-1] > EARLY_ZOOM_STEPS
+    assert "early_zoom" not in plot_all([short], tmp_path / "f1")
+    assert "early_zoom" in plot_all([short, long], tmp_path / "f2")
+
+
+def test_table_of_contents_units_scrolling_and_captions(report: dict) -> None:
+    page = Path(report["html"]).read_text()
+    toc = re.search(r"<nav class='toc'>(.*?)</nav>", page).group(1)
+    links = re.findall(r"href='#([^']+)'", toc)
+    ids = re.findall(r"<h[23] id='([^']+)'>", page)
+    assert links == ids and len(set(ids)) == len(ids)  # every heading listed, every link lands
+    assert {"headline-table-per-run", "figures", "diagnostics", "methods", "provenance"} <= set(ids)
+    md = Path(report["md"]).read_text()
+    assert "## Contents" in md and "- [Headline table (per run)](#headline-table-per-run)" in md
+    # units: onsets in steps, leads in checkpoints, in every header
+    assert "onset_evil (step)" in md and "lead_checkpoints (checkpoints)" in md and "p_early_first (share 0-1)" in md
+    assert re.search(r"<th>lead_checkpoints<span class='u'>checkpoints</span></th>", page)
+    assert re.search(r"<th>onset_evil<span class='u'>step</span></th>", page)
+    assert "in checkpoints, not steps (1 checkpoint = 2 training steps here" in md
+    # every table in a horizontally scrolling wrapper; images never wider than the page
+    assert page.count("<table") == page.count('<div class="scroll"><table') > 3
+    assert ".scroll{overflow-x:auto" in page and "img{max-width:100%" in page and "name='viewport'" in page
+    # captions say what to look at, not file names
+    caps = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert caps and all("Look for" in c and not re.match(r"\s*[a-z_]+\s*(\(|$)", c) for c in caps)
+    assert "A dashed vertical line with a dot marks an onset" in _section(page, "Trait scores over training: medical")
+
+
+def test_trajectory_caption_says_when_no_onset_is_drawn(flat: dict) -> None:
+    sec = _section(Path(flat["html"]).read_text(), "Trait scores over training: medical")
+    assert "No onset was found in these runs, so no onset line is drawn" in sec and "dashed vertical" not in sec
+
+
+def test_cell_formats() -> None:
+    from emt.report.report import _fmt
+
+    assert _fmt(0.001, "alpha") == "0.001" and _fmt(1e-5, "alpha") == "1e-05"  # never "0.0"
+    assert _fmt(0.0123, "paired_t_p") == "0.0123" and _fmt(0.953, "p_early_first") == "0.95"
+    assert _fmt(12.0, "onset_evil_lo") == "12" and _fmt(12.5, "onset_evil_lo") == "12.5"
+    assert _fmt(float("nan"), "alpha") == "–" and _fmt(None) == "–"
+
+
+def test_page_fits_narrow_screens_in_a_real_browser(report: dict, tmp_path: Path) -> None:
+    """Headless Chromium at 1400 and 800 px: the page is never wider than the window (wide tables
+    scroll inside their wrapper). Skipped where no chromium is installed."""
+    import shutil
+
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chrome is None:
+        pytest.skip("no chromium installed (apt-get install chromium)")
+    probe = ("<script>addEventListener('load',()=>{const e=document.createElement('pre');e.id='probe';"
+             "e.textContent='SW='+document.documentElement.scrollWidth+' CW='+document.documentElement.clientWidth;"
+             "document.body.appendChild(e)})</script></body>")
+    f = tmp_path / "probe.html"
+    f.write_text(Path(report["html"]).read_text().replace("</body>", probe))
+    for width in (1400, 800):
+        r = subprocess.run([chrome, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},1000",
+                            "--virtual-time-budget=5000", "--dump-dom", f.as_uri()], capture_output=True, text=True,
+                           timeout=180)
+        m = re.search(r"SW=(\d+) CW=(\d+)", r.stdout)
+        assert m, r.stderr[-2000:]
+        assert int(m.group(1)) <= int(m.group(2)), (width, m.group(0))
+
+
+def test_figures_with_nothing_to_show_are_left_out(tmp_path: Path) -> None:
+    """No held-out loss or no coherence anywhere: no figure of empty panels."""
+    import numpy as np
+
+    from emt.report.figures import plot_all
+    from emt.store import scores as store
+
+    d = store.load(write_synthetic_run(tmp_path / "r" / "medical_mild-00000001", "medical_mild", {"evil": 5}, n=20))
+    assert {"loss_vs_score", "coherence"} <= set(plot_all([d], tmp_path / "f1"))
+    d["loss"]["heldout"] = np.full(20, np.nan)
+    for tr in d["traits"].values():
+        tr["coherence"] = np.full_like(tr["coherence"], np.nan)
+    figs = plot_all([d], tmp_path / "f2")
+    assert "loss_vs_score" not in figs and "coherence" not in figs and "trajectories" in figs
+    assert not (tmp_path / "f2" / "coherence.png").exists()
+
+
+def test_short_and_partial_runs_are_flagged_under_the_headline(tmp_path: Path) -> None:
+    import h5py
+
+    h5 = write_synthetic_run(tmp_path / "out" / "medical_mild-00000001", "medical_mild", {"evil": 4}, n=8)
+    with h5py.File(h5, "r+") as f:
+        f.attrs["partial"] = True
+    out = build_report(tmp_path / "out", tmp_path / "rep", figures=False, n_boot=0)
+    head = " ".join(out["warnings"]["headline"])
+    assert "8 checkpoints: glr needs at least min_pre + min_post = 10" in head and "scores.h5 is partial" in head
+    assert "scores.h5 is partial" in _section(Path(out["html"]).read_text(), "Headline table (per run)")
+
+
+def test_stale_figures_of_an_earlier_report_are_removed(tmp_path: Path) -> None:
+    write_synthetic_run(tmp_path / "out" / "medical_mild-00000001", "medical_mild", {"hallucination": None, "evil": None},
+                        n=20)
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    for name in ("lead_times.png", "lead_times.pdf", "early_zoom.png"):
+        (rep / name).write_bytes(b"from an earlier report")
+    out = build_report(tmp_path / "out", rep, n_boot=0)
+    assert "lead_times" not in out["figures"] and not any((rep / n).exists() for n in ("lead_times.png", "lead_times.pdf",
+                                                                                          "early_zoom.png"))
+    assert (rep / "trajectories_medical.png").is_file()

@@ -1,0 +1,347 @@
+"""The cost plan printed by every dry run and before every real launch: GPU-hours and judge spend.
+
+What it adds up, for the runs a launcher would train or score:
+
+- Training GPU-hours: the plan's per-run estimate (:mod:`emt.launchers.plan`).
+- Evaluation GPU-hours: checkpoints to score (step 0 included) x seconds per checkpoint (a measured
+  ``cluster.profile`` or ``eval.checkpoint_cost_s``, :func:`emt.launchers.plan.eval_seconds`), plus
+  ``eval.task_startup_s`` per array task, x ``cluster.eval.gpus``.
+- Judge calls per judge: every answer (questions x ``eval.samples_per_question``) is judged twice,
+  for its trait and for coherence, at every checkpoint; the first judge also confirms the persona
+  vectors' (pos, neg) answers once per run at step 0 when ``activations.persona`` is on.
+- Input tokens: the judge prompt templates rendered with every question (the prompts the eval task
+  sends, with an empty answer), counted at ``CHARS_PER_TOKEN`` characters per token (no tokenizer:
+  the judge's, tiktoken's o200k_base, needs a download, and the plan must work offline), plus
+  ``CHAT_OVERHEAD_TOKENS`` of chat formatting per request, plus the answer: between none and the
+  ``eval.max_new_tokens`` cap, so input tokens and dollars are a range. Output tokens: what the
+  judge requests, ``max_tokens=1`` per call (the score is read from that token's top-20 logprobs);
+  a local judge generates nothing (one forward pass) and costs no dollars, only the GPU time above.
+- Dollars: the tokens at the judge model's price (:func:`emt.eval.judge.price_for`: the built-in
+  table of ``PRICES_DATE``, with ``judge.prices`` over it). Not modelled: cache hits (a rerun asks
+  only what the judge cache lacks), retries, cached-input discounts.
+- With ``--monitor``: a monitor job per submitted run (``cluster.eval`` resources) held from its
+  training's start until the run is trained and scored; it scores the checkpoints itself, so its
+  GPU-hours replace the evaluation line and the judge calls stay the same.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from emt.core.config import Config
+from emt.core.profiles import load_profile
+from emt.eval.judge import PRICES_DATE, price_for
+from emt.eval.plan import eval_hash, eval_root, load_traits
+from emt.launchers.plan import CHARS_PER_TOKEN, RunPlan, eval_seconds
+from emt.sweep.runs import Run, train_world_size
+
+CHAT_OVERHEAD_TOKENS = 7  # one user message in OpenAI's chat format: role and separators, reply priming
+
+
+@dataclass(frozen=True)
+class RunWork:
+    """What one run costs from here: training (None when not trained by this launch) and the
+    checkpoints its evaluation scores, in how many array tasks, with or without persona vectors."""
+
+    name: str
+    checkpoints: int
+    tasks: int
+    persona: bool
+    train_gpu_hours: float | None = None
+    train_wall_hours: float | None = None  # for the monitor: how long its job is held at least
+
+
+@dataclass(frozen=True)
+class JudgeLoad:
+    """Per judge: calls and input tokens of one checkpoint and of one run's persona vectors.
+    Input tokens are the fixed part (templates, questions, chat formatting) and the answers'
+    upper bound (every answer at its max_new_tokens cap)."""
+
+    calls: int
+    fixed_tokens: float
+    answer_cap_tokens: float
+    persona_calls: int
+    persona_fixed_tokens: float
+    persona_answer_cap_tokens: float
+    n_questions: int
+    samples: int
+
+
+def judge_load(cfg: Config) -> JudgeLoad:
+    """The judge's work per checkpoint and per run's persona vectors, from the rendered prompts.
+
+    Raises what the trait loader raises (the eval preflight reports it with the fix)."""
+    traits = load_traits(cfg)
+    e, a = cfg.eval, cfg.activations
+    n = e.samples_per_question
+    chars = 0
+    n_q = 0
+    for t in traits:
+        for q in t.questions:
+            chars += len(t.judge_prompt_for(q, "")) + len(t.coherence_prompt_for(q, ""))
+            n_q += 1
+    calls = 2 * n * n_q  # every answer: its trait, then coherence
+    p_calls, p_chars = 0, 0
+    if a.layers and a.persona:  # emt.eval.persona: instruction pairs x questions x (pos, neg) x samples
+        for t in traits:
+            qs = list(t.questions)[: a.persona_questions or None]
+            per_side = len(t.instructions) * 2 * a.persona_samples
+            p_calls += 2 * per_side * len(qs)
+            p_chars += per_side * sum(len(t.judge_prompt_for(q, "")) + len(t.coherence_prompt_for(q, "")) for q in qs)
+    return JudgeLoad(calls, chars * n / CHARS_PER_TOKEN + calls * CHAT_OVERHEAD_TOKENS, calls * float(e.max_new_tokens),
+                     p_calls, p_chars / CHARS_PER_TOKEN + p_calls * CHAT_OVERHEAD_TOKENS,
+                     p_calls * float(a.persona_max_new_tokens), n_q, n)
+
+
+@dataclass(frozen=True)
+class JudgeCost:
+    """One judge's share of the plan."""
+
+    label: str
+    model: str
+    where: str  # "api.openai.com", a URL, serve:<name>, or "local"
+    calls: int
+    input_min: float  # tokens, answers empty
+    input_max: float  # tokens, answers at their cap
+    output: float
+    price: tuple[str, float, float] | None  # (prefix, USD in, USD out per 1M); None: unknown
+    usd_min: float | None
+    usd_max: float | None
+
+
+def judge_costs(cfg: Config, work: Sequence[RunWork], load: JudgeLoad) -> list[JudgeCost]:
+    """Calls, tokens and dollars of each configured judge for ``work``."""
+    ckpts = sum(w.checkpoints for w in work)
+    persona_runs = sum(1 for w in work if w.persona)
+    out: list[JudgeCost] = []
+    for i, spec in enumerate(cfg.judge.judges):
+        p = persona_runs if i == 0 else 0  # persona vectors are confirmed by the first judge only
+        calls = ckpts * load.calls + p * load.persona_calls
+        lo = ckpts * load.fixed_tokens + p * load.persona_fixed_tokens
+        hi = lo + ckpts * load.answer_cap_tokens + p * load.persona_answer_cap_tokens
+        if spec.backend == "local":
+            out.append(JudgeCost(spec.label, spec.model, "local", calls, lo, hi, 0.0, None, 0.0, 0.0))
+            continue
+        price = price_for(spec.model, cfg.judge.prices)
+        output = float(calls)  # max_tokens=1
+        usd = (None, None) if price is None else tuple((t * price[1] + output * price[2]) / 1e6 for t in (lo, hi))
+        out.append(JudgeCost(spec.label, spec.model, spec.base_url or "api.openai.com", calls, lo, hi, output,
+                             price, usd[0], usd[1]))
+    return out
+
+
+def eval_hours(cfg: Config, w: RunWork, eval_s: float) -> float:
+    """GPU-hours of scoring ``w``'s checkpoints in its array tasks (start-up included)."""
+    gpus = max(1, cfg.cluster.eval.gpus)
+    return (w.checkpoints * eval_s + w.tasks * cfg.eval.task_startup_s) * gpus / 3600
+
+
+def tokens(v: float) -> str:
+    """A token count for the table: 1.52G, 333.1M, 12.3k."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            x = v / div
+            return f"{x:.2f}{unit}" if x < 10 else f"{x:.1f}{unit}" if x < 100 else f"{x:,.0f}{unit}"
+    return f"{v:.0f}"
+
+
+def token_range(lo: float, hi: float) -> str:
+    """``lo-hi`` tokens, or one figure when they print the same."""
+    return tokens(lo) if tokens(lo) == tokens(hi) else f"{tokens(lo)}-{tokens(hi)}"
+
+
+def usd(lo: float | None, hi: float | None, one: bool = False) -> str:
+    """A dollar range (one figure when there is no range, or with ``one``); '?' when unknown."""
+    if one and lo is not None:
+        hi = lo
+    if lo is None or hi is None:
+        return "?"
+    f = (lambda v: f"${v:,.2f}") if hi < 100 else (lambda v: f"${v:,.0f}")
+    return f(lo) if f(lo) == f(hi) else f"{f(lo)}-{f(hi)}"
+
+
+def dollar(v: float) -> str:
+    """A price: $0.40, $0.075."""
+    return f"${v:.2f}" if round(v, 2) == v else f"${v:g}"
+
+
+def measured_answer_tokens(roots: Sequence[Path], limit: int = 20) -> tuple[float, int] | None:
+    """(mean answer length in tokens, checkpoints it comes from): the answers of the newest
+    ``limit`` result files under ``roots`` (earlier checkpoints of the same evaluation), at
+    ``CHARS_PER_TOKEN``; None when there are none. A narrower range than "none to the cap"."""
+    files = sorted((f for r in roots if r.is_dir() for f in r.glob("step-*.json")),
+                   key=lambda f: f.stat().st_mtime, reverse=True)
+    chars = answers = used = 0
+    for f in files:
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+            rows = [a for tr in data["traits"].values() for row in tr["responses"] for a in row]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # a damaged file is the consolidation's to report; the plan just skips it
+        chars += sum(len(str(a)) for a in rows)
+        answers += len(rows)
+        used += 1
+        if used >= limit:
+            break
+    return (chars / answers / CHARS_PER_TOKEN, used) if answers else None
+
+
+def measured_for_runs(cfg: Config, runs: Sequence[Run]) -> tuple[float, int] | None:
+    """:func:`measured_answer_tokens` over the runs' results of the configured evaluation (None
+    when there are none, or when the traits cannot be read: the preflight reports that)."""
+    try:
+        ehash = eval_hash(cfg)
+    except Exception:  # noqa: BLE001 - bad traits are the eval preflight's to report
+        return None
+    return measured_answer_tokens([eval_root(r, ehash) for r in runs])
+
+
+def format_costs(cfg: Config, work: Sequence[RunWork], *, monitor: Sequence[str] | None = None,
+                 what: str = "this launch", measured: tuple[float, int] | None = None) -> str:
+    """The cost table and the arithmetic behind each figure.
+
+    ``work``: the runs and what they cost from here. ``monitor``: names of the runs that get a
+    monitor job (``--monitor``); None when monitoring is off. ``measured``: the mean answer length
+    of checkpoints already scored (:func:`measured_answer_tokens`), for a point estimate."""
+    prof = load_profile(cfg.cluster.profile) if cfg.cluster.profile else None
+    eval_s, eval_src = eval_seconds(cfg, prof)
+    e = cfg.eval
+    ckpts = sum(w.checkpoints for w in work)
+    n_tasks = sum(w.tasks for w in work)
+    ev_h = sum(eval_hours(cfg, w, eval_s) for w in work)
+    trained = [w for w in work if w.train_gpu_hours is not None]
+    tr_h = sum(w.train_gpu_hours or 0.0 for w in trained)
+    why = ""
+    try:
+        load: JudgeLoad | None = judge_load(cfg)
+    except Exception as exc:  # noqa: BLE001 - the eval preflight reports bad traits with the fix
+        load, why = None, str(exc)
+
+    cols = f"  {'':<44}{'GPU-h':>8}{'judge calls':>14}{'input tokens':>16}{'output tokens':>15}{'USD':>16}"
+    lines = [f"Cost of {what} (estimates; the basis of each figure below):", cols, "  " + "-" * (len(cols) - 2)]
+
+    def row(label: str, gpu_h: float | None = None, calls: int | None = None, tin: str = "", tout: str = "",
+            dollars: str = "") -> str:
+        h = "" if gpu_h is None else ("<0.01" if 0 < gpu_h < 0.01 else f"{gpu_h:,.2f}")
+        c = "" if calls is None else f"{calls:,}"
+        return f"  {label[:44]:<44}{h:>8}{c:>14}{tin:>16}{tout:>15}{dollars:>16}".rstrip()
+
+    if trained:
+        lines.append(row(f"training: {len(trained)} run(s)", tr_h))
+    mon_h = 0.0
+    mon_rows: list[tuple[RunWork, float]] = []
+    if monitor is not None:
+        for w in work:
+            if w.name in monitor:
+                # Held from training's start; done when training has ended and its checkpoints
+                # are scored, whichever takes longer (one start-up: the session stays loaded).
+                h = max(w.train_wall_hours or 0.0, (w.checkpoints * eval_s + cfg.eval.task_startup_s) / 3600)
+                mon_rows.append((w, h))
+        mon_h = sum(h for _, h in mon_rows) * max(1, cfg.cluster.eval.gpus)
+        monitored = {w.name for w, _ in mon_rows}
+        rest = [w for w in work if w.name not in monitored]
+        ev_h = sum(eval_hours(cfg, w, eval_s) for w in rest)
+        lines.append(row(f"monitor: {len(mon_rows)} job(s), scoring as they train", mon_h))
+        if rest:
+            lines.append(row(f"evaluation of {len(rest)} unmonitored run(s)", ev_h))
+    else:
+        lines.append(row(f"evaluation: {ckpts:,} checkpoints, {n_tasks} task(s)", ev_h))
+    costs = judge_costs(cfg, work, load) if load is not None else []
+    for jc in costs:
+        lines.append(row(f"judge {jc.label}" + (" (local)" if jc.where == "local" else ""), None, jc.calls,
+                         token_range(jc.input_min, jc.input_max), tokens(jc.output),
+                         usd(jc.usd_min, jc.usd_max)))
+    known = [jc for jc in costs if jc.usd_min is not None]
+    total_usd = usd(sum(jc.usd_min or 0.0 for jc in known), sum(jc.usd_max or 0.0 for jc in known)) if costs else "?"
+    if len(known) < len(costs):
+        total_usd += "+?"
+    lines += ["  " + "-" * (len(cols) - 2),
+              row("total", tr_h + ev_h + mon_h, sum(jc.calls for jc in costs) if costs else None, "", "", total_usd)]
+
+    # The basis of each figure.
+    if trained:
+        lines.append("Training: the run table's GPU-h column above (its rate and assumptions are stated there)")
+    gpus = max(1, cfg.cluster.eval.gpus)
+    arrayed = [w for w in work if not any(w is m for m, _ in mon_rows)]
+    if arrayed:
+        lines.append(f"Evaluation: {sum(w.checkpoints for w in arrayed):,} checkpoints (step 0 counts as one) x {eval_s:.3g} s "
+                     f"+ {sum(w.tasks for w in arrayed)} array task(s) (eval.checkpoints_per_task={e.checkpoints_per_task}) "
+                     f"x eval.task_startup_s={e.task_startup_s:g} s start-up"
+                     + (f", x cluster.eval.gpus={gpus}" if gpus > 1 else ""))
+    lines.append(f"Scoring one checkpoint: {eval_src}")
+    if monitor is not None:
+        if mon_rows:
+            res = cfg.cluster.eval
+            limit = max(res.time_min, cfg.cluster.train.time_min)
+            lines.append(f"Monitor (--monitor): a job per submitted run ({len(mon_rows)}; cluster.eval resources, "
+                         f"{res.gpus} GPU(s), time limit {limit} min) held from its start (earlier than its training's "
+                         f"if SLURM starts it first) until the run is trained and every checkpoint scored: per run the "
+                         f"longer of training's wall time and scoring (checkpoints x {eval_s:.3g} s + one start-up). "
+                         f"It scores the checkpoints itself: this replaces the evaluation array's GPU-hours for those "
+                         f"runs; judge calls are the same")
+            over = [f"{w.name} (~{h:.1f} h)" for w, h in mon_rows if h * 60 > limit]
+            if over:
+                lines.append(f"WARNING: monitor jobs would outlast their {limit}-min limit: {', '.join(over)}; "
+                             f"raise cluster.eval.time_min or cluster.train.time_min, or score the rest with "
+                             f"launch/eval_array.py afterwards")
+        else:
+            lines.append("Monitor (--monitor): no job (no run to submit)")
+    if load is None:
+        lines.append(f"Judges: calls and tokens unknown (traits unreadable: {why})")
+        return "\n".join(lines)
+    persona = sum(1 for w in work if w.persona)
+    lines.append(f"Judge calls per judge: {load.n_questions} questions x {load.samples} samples (eval.samples_per_question) "
+                 f"x 2 (trait + coherence) = {load.calls:,} per checkpoint, x {ckpts:,} checkpoints"
+                 + (f"; + {load.persona_calls:,} per run for the persona vectors (first judge, at step 0; "
+                    f"{persona} run(s))" if persona and load.persona_calls else ""))
+    lines.append(f"Input tokens: the judge and coherence templates rendered with each question "
+                 f"({load.fixed_tokens / max(load.calls, 1):,.0f} tokens per call on average at {CHARS_PER_TOKEN:g} "
+                 f"characters per token, {CHAT_OVERHEAD_TOKENS} of chat formatting included) plus the answer, from "
+                 f"none to eval.max_new_tokens={e.max_new_tokens}"
+                 + (f" (persona-vector answers: activations.persona_max_new_tokens={cfg.activations.persona_max_new_tokens})"
+                    if persona and load.persona_calls else "")
+                 + "; output: max_tokens=1 per call (the score is read from that token's top-20 logprobs)")
+    for jc in costs:
+        if jc.where == "local":
+            lines.append(f"  {jc.label}: a local judge (forward passes inside the eval job): no dollars, its time is "
+                         f"in the evaluation GPU-hours")
+        elif jc.price is None:
+            fix = ("served on the cluster by launch/judge_serve.py, whose GPU job is not in this plan; "
+                   if jc.where.startswith("serve:") else "")
+            lines.append(f"  {jc.label}: no price for {jc.model!r} ({fix}judge.prices={{{jc.model}: [usd_in, usd_out]}} "
+                         f"prices it, per 1M tokens)")
+        else:
+            prefix, p_in, p_out = jc.price
+            src = "judge.prices" if prefix in cfg.judge.prices else f"built-in table of {PRICES_DATE}"
+            per100 = jc.calls * 100 * p_in / 1e6
+            name = jc.label if jc.label == jc.model else f"{jc.label} ({jc.model})"
+            lines.append(f"  {name}: {dollar(p_in)} in / {dollar(p_out)} out per 1M tokens ({prefix!r}, {src}; "
+                         f"judge.prices overrides); each 100 tokens of mean answer length add ${per100:,.2f}")
+            if measured is not None:
+                mean = min(measured[0], float(e.max_new_tokens))
+                t_in = jc.input_min + jc.calls * mean
+                lines.append(f"    at the mean answer length of the {measured[1]} checkpoint(s) already scored here "
+                             f"(~{mean:,.0f} tokens): ~{tokens(t_in)} input tokens, "
+                             f"~{usd((t_in * p_in + jc.output * p_out) / 1e6, None, one=True)}")
+    lines.append("  Not counted: judge cache hits (a rerun asks only prompts it has not asked), retries, "
+                 "cached-input discounts")
+    return "\n".join(lines)
+
+
+def train_work(cfg: Config, rows: Sequence[RunPlan]) -> list[RunWork]:
+    """What each planned training run costs: its training, then scoring every checkpoint and step 0
+    in tasks of ``eval.checkpoints_per_task``."""
+    out: list[RunWork] = []
+    world = train_world_size(cfg)
+    persona = bool(cfg.activations.layers and cfg.activations.persona)
+    for r in rows:
+        if r.checkpoints is None:
+            continue
+        n = r.checkpoints + 1
+        out.append(RunWork(r.run.name, n, math.ceil(n / max(1, cfg.eval.checkpoints_per_task)), persona,
+                           r.gpu_hours, None if r.gpu_hours is None else r.gpu_hours / world))
+    return out
