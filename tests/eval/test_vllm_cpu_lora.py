@@ -3,27 +3,36 @@ release logs one warning and keeps vLLM's own CPU LoRA path. No engine is starte
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
+from types import ModuleType
 
 import pytest
 
-from emt.eval import vllm_cpu_lora
+
+@pytest.fixture
+def vllm_cpu_lora() -> ModuleType:
+    # Imported here, not at the top: importing the module installs the patches, which imports
+    # vLLM and torch (~30 s on this machine), and collection of the whole suite should not pay it.
+    return importlib.import_module("emt.eval.vllm_cpu_lora")
 
 
 @pytest.fixture
-def fresh_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+def fresh_warning(vllm_cpu_lora: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vllm_cpu_lora, "_version_warned", False)
 
 
 @pytest.mark.parametrize("version", ["0.32.0", "0.32.3", "0.32.0+cpu", "0.32.1.dev5+g1234"])
-def test_supported_release(version: str, fresh_warning: None, caplog: pytest.LogCaptureFixture) -> None:
+def test_supported_release(version: str, vllm_cpu_lora: ModuleType, fresh_warning: None,
+                           caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger=vllm_cpu_lora.__name__):
         assert vllm_cpu_lora.version_supported(version)
     assert not caplog.records
 
 
-def test_other_release_warns_once(fresh_warning: None, caplog: pytest.LogCaptureFixture) -> None:
+def test_other_release_warns_once(vllm_cpu_lora: ModuleType, fresh_warning: None,
+                                  caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger=vllm_cpu_lora.__name__):
         assert not vllm_cpu_lora.version_supported("0.33.0")
         assert not vllm_cpu_lora.version_supported("1.32.0")
@@ -33,7 +42,8 @@ def test_other_release_warns_once(fresh_warning: None, caplog: pytest.LogCapture
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
-def test_install_falls_back_on_other_release(fresh_warning: None, monkeypatch: pytest.MonkeyPatch,
+def test_install_falls_back_on_other_release(vllm_cpu_lora: ModuleType, fresh_warning: None,
+                                             monkeypatch: pytest.MonkeyPatch,
                                              caplog: pytest.LogCaptureFixture) -> None:
     from vllm.platforms import current_platform
 
