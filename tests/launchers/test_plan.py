@@ -239,8 +239,9 @@ def test_cost_table_follows_the_config() -> None:
     assert eval_hours(two, work[0], 60.0) == pytest.approx(2 * eval_hours(cfg, work[0], 60.0))
 
 
-def test_judge_prices_override_the_table_and_unpriced_judges_say_so() -> None:
+def test_judge_prices_override_the_table_and_unpriced_judges_say_so(tmp_path: Path) -> None:
     from emt.launchers.cost import format_costs
+    from emt.launchers.preflight import prepare_builtin_data
 
     _, _, [base] = _cost(_paper())
     cfg = _paper("judge.prices={gpt-4.1-mini: [0.8, 3.2]}")
@@ -262,7 +263,10 @@ def test_judge_prices_override_the_table_and_unpriced_judges_say_so() -> None:
     assert _cost(priced)[2][1].price == ("Qwen/", 0.1, 0.1)
 
     # A local judge: forward passes in the eval job, no dollars, nothing generated.
-    dbg = load_config(DEBUG_CONFIG)
+    # (its own output root with the builtin data written: the plan counts checkpoints from the data,
+    # and the checkout's outputs/ may or may not hold them)
+    dbg = load_config(DEBUG_CONFIG, [f"cluster.output_root={tmp_path}"])
+    prepare_builtin_data(dbg)
     work, load, [local] = _cost(dbg)
     assert local.where == "local" and local.usd_max == 0.0 and local.output == 0.0 and local.calls > 0
     assert "no dollars" in format_costs(dbg, work)
