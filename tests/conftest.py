@@ -92,4 +92,4 @@ def require(module: str, why: str) -> None:
     except ImportError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"{module} is required under CI ({why}): {exc}")
-        pytest.skip(f"{module} not installed: {why}")
+        pytest.skip(f"{module} not installed: {why}", allow_module_level=True)  # also called at module level

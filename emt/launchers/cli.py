@@ -31,13 +31,6 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def parser(doc: str | None, default_config: str | Path) -> argparse.ArgumentParser:
-    """A parser with the shared arguments; launchers add their own."""
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(ap, default_config)
-    return ap
-
-
 def add_common(ap: argparse.ArgumentParser, default_config: str | Path) -> None:
     """The shared arguments (overrides, --config, --cluster, --seeds) on ``ap``; ``default_config``
     is a shipped config's name (``paper``) or a path."""

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from emt.core import atomic, paths
-from tests.conftest import DEBUG_CONFIG
+from tests.conftest import DEBUG_CONFIG, require
 from tests.fakes.judge_server import JudgeServer
 from tests.fakes.tensorboard_events import event_files, read_events
 
-pytest.importorskip("tensorboard")
+require("tensorboard", "in the train extra: `make install` has it")
 
 STEPS = [0, 2, 4, 6]
 

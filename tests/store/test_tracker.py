@@ -12,11 +12,11 @@ import pytest
 from emt.core import paths
 from emt.store import tracker
 from emt.store.scores import load
-from tests.conftest import DEBUG_CONFIG
+from tests.conftest import DEBUG_CONFIG, require
 from tests.fakes.synthetic import write_synthetic_run
 from tests.fakes.tensorboard_events import event_files, read_events
 
-pytest.importorskip("tensorboard")  # in the train extra: `make install` has it
+require("tensorboard", "in the train extra: `make install` has it")
 
 
 @pytest.fixture

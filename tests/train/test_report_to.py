@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from emt.core import paths
-from tests.conftest import DEBUG_CONFIG
+from tests.conftest import DEBUG_CONFIG, require
 
 
 @pytest.mark.parametrize("report_to", [[], ["tensorboard"]])
@@ -17,7 +17,7 @@ def test_training_arguments_report_to(tmp_path: Path, monkeypatch: pytest.Monkey
     from emt.core.config import load_config
     from emt.train.run import _training_arguments
 
-    pytest.importorskip("tensorboard")
+    require("tensorboard", "in the train extra: `make install` has it")
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "unset")  # recorded, so that the test's value is undone after it
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR")
     cfg = load_config(DEBUG_CONFIG, [f"cluster.output_root={tmp_path}", f"training.report_to=[{','.join(report_to)}]"])
