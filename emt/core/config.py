@@ -272,6 +272,10 @@ class JudgeSpec:
     # OPENAI_API_KEY for api.openai.com; none for a base_url server, which then gets no key (a
     # serve: judge gets its server's generated token).
     api_key_env: str | None = None
+    # Score through the OpenAI Batch API (half the price; results within the 24 h window) in the
+    # offline eval; the monitor always asks synchronously. Same scores, same judge cache
+    # (emt.eval.batch_judge: resume, retries).
+    batch: bool = False
 
     @property
     def label(self) -> str:
@@ -315,6 +319,7 @@ class JudgeConfig:
     cache: bool = True  # a persistent SQLite cache under the output root: a rerun costs no call
     servers: tuple[ServeSpec, ...] = ()  # judge models served on the cluster (launch/judge_serve.py)
     serve_wait_s: float = 900.0  # how long an eval task waits for a serve: judge to be up
+    batch_poll_s: float = 30.0  # seconds between status checks of a batch judge's batches
     # USD per 1M tokens [input, output] by model-name prefix, added to or replacing the built-in
     # table (emt.eval.judge.PRICES_PER_1M, dated PRICES_DATE) for the plan's cost estimate.
     # Model names hold dots, so override as a mapping: judge.prices={gpt-4.1-mini: [0.4, 1.6]}.
@@ -1039,8 +1044,13 @@ def _check_judges(cfg: Config, p: _Problems) -> None:
         p.need(bool(prefix) and len(price) == 2 and all(v >= 0 for v in price), f"judge.prices.{prefix}",
                f"must be [USD per 1M input tokens, USD per 1M output tokens], two numbers >= 0 under a non-empty "
                f"model-name prefix, e.g. judge.prices={{gpt-4.1-mini: [0.4, 1.6]}}; got {list(price)}")
+    p.need(j.batch_poll_s > 0, "judge.batch_poll_s", f"must be > 0 seconds; got {j.batch_poll_s}")
     for i, spec in enumerate(j.judges):
         url = spec.base_url or ""
+        if spec.batch:
+            p.need(spec.backend == "openai" and not url.startswith("serve:"), f"judge.judges.{i}.batch",
+                   "the Batch API is OpenAI's (or a server implementing /v1/batches): a local or serve: judge "
+                   "scores directly; set batch: false")
         if spec.api_key_env is not None:
             p.need(spec.api_key_env.isidentifier() and not spec.api_key_env.startswith(("sk-", "sk_")),
                    f"judge.judges.{i}.api_key_env", "the NAME of an environment variable holding the key "

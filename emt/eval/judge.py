@@ -12,6 +12,8 @@ Backends share one interface (``score(prompts) -> list[Judgement]``, ``ascore``,
 - ``OpenAIJudge``: any OpenAI-compatible chat-completions endpoint through the official async
   client, with bounded concurrency, its own retries (backoff + jitter, ``Retry-After``) and
   token/cost accounting.
+- ``BatchOpenAIJudge`` (:mod:`emt.eval.batch_judge`): the same requests through the OpenAI Batch
+  API, at half the price, for offline scoring (``judge.judges[].batch``).
 - ``LocalJudge``: a provider function returning first-token top-20 logprobs, e.g.
   :func:`emt.builtin.common.hf_first_token_logprobs` for a transformers model.
 
@@ -98,28 +100,33 @@ PRICES_PER_1M: dict[str, tuple[float, float]] = {
     "gpt-4o-mini": (0.15, 0.60),
 }
 PRICES_DATE = "2025-04-14"  # when PRICES_PER_1M was last checked against OpenAI's price page
+BATCH_DISCOUNT = 0.5
+"""The Batch API's price as a fraction of the standard price (input and output alike): half."""
 
 
 # ============================================================================================
 # Scoring
 # ============================================================================================
 
-def price_for(model: str, prices: Mapping[str, Sequence[float]] | None = None) -> tuple[str, float, float] | None:
+def price_for(model: str, prices: Mapping[str, Sequence[float]] | None = None, *,
+              batch: bool = False) -> tuple[str, float, float] | None:
     """(prefix, USD in, USD out per 1M tokens) for ``model``: the longest matching prefix of
-    ``prices`` (the config's judge.prices) merged over ``PRICES_PER_1M``; None if unknown."""
+    ``prices`` (the config's judge.prices, standard prices) merged over ``PRICES_PER_1M``; None if
+    unknown. ``batch``: the Batch API's price (``BATCH_DISCOUNT`` of the standard one)."""
     table: dict[str, Sequence[float]] = {**PRICES_PER_1M, **(prices or {})}
     best = max((p for p in table if model.startswith(p)), key=len, default=None)
     if best is None:
         return None
     price_in, price_out = table[best]
-    return best, float(price_in), float(price_out)
+    factor = BATCH_DISCOUNT if batch else 1.0
+    return best, float(price_in) * factor, float(price_out) * factor
 
 
 def estimate_cost(model: str, prompt_tokens: int, completion_tokens: int,
-                  prices: Mapping[str, Sequence[float]] | None = None) -> float | None:
+                  prices: Mapping[str, Sequence[float]] | None = None, *, batch: bool = False) -> float | None:
     """Estimated USD cost from ``PRICES_PER_1M`` (and ``prices`` over it; longest model-name
-    prefix); None if unknown."""
-    found = price_for(model, prices)
+    prefix), at the Batch API's price with ``batch``; None if unknown."""
+    found = price_for(model, prices, batch=batch)
     if found is None:
         return None
     _, price_in, price_out = found

@@ -21,10 +21,12 @@ import concurrent.futures
 import logging
 import os
 import queue
+import shutil
 import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from emt.builtin.common import hf_first_token_logprobs
@@ -33,6 +35,7 @@ from emt.core.config import Config
 from emt.core.locks import StepLocks
 from emt.core.logs import setup_logging
 from emt.core.runtime import limit_torch_threads
+from emt.eval.batch_judge import BatchOpenAIJudge, batch_state
 from emt.eval.capture import StepCapturer
 from emt.eval.generate import Target, adapter_rank, generate_many, make_generator, vllm_engine_args
 from emt.eval.judge import JudgeCache, JudgeIncomplete, LocalJudge, OpenAIJudge, request_tags
@@ -56,11 +59,14 @@ SERVE_PREFIX = "serve:"  # judge base_url naming a judge.servers entry (launch/j
 # Judges and the generator, built inside the job
 
 
-def make_judges(cfg: Config) -> list[Any]:
+def make_judges(cfg: Config, batch: bool = False) -> list[Any]:
     """The configured judges, sharing the persistent cache under the output root.
 
     A ``base_url`` of ``serve:<name>`` is resolved here, in the job, from the endpoint file that
     the serve job of ``judge.servers[name]`` writes (waiting up to ``judge.serve_wait_s`` for it).
+    ``batch``: judges with ``batch: true`` score through the Batch API
+    (:class:`~emt.eval.batch_judge.BatchOpenAIJudge`; the offline eval); otherwise (the monitor)
+    every judge asks synchronously.
     """
     cache = JudgeCache(paths.judge_cache_file(cfg.cluster.output_root)) if cfg.judge.cache else None
     judges: list[Any] = []
@@ -71,10 +77,14 @@ def make_judges(cfg: Config) -> list[Any]:
                 # The served judge's token comes from its endpoint file and goes to that server only.
                 base_url, token = resolve_server(cfg.cluster.output_root, base_url[len(SERVE_PREFIX):],
                                                  wait_s=cfg.judge.serve_wait_s)
-            judges.append(OpenAIJudge(model=spec.model, base_url=base_url, max_concurrency=cfg.judge.max_concurrency,
-                                      timeout_s=cfg.judge.timeout_s, max_retries=cfg.judge.max_retries,
-                                      cache=cache, name=spec.label, api_key_env=spec.api_key_env,
-                                      api_key=None if spec.api_key_env else token))
+            kind: Any = OpenAIJudge
+            extra: dict[str, Any] = {}
+            if batch and spec.batch:
+                kind, extra = BatchOpenAIJudge, {"poll_s": cfg.judge.batch_poll_s}
+            judges.append(kind(model=spec.model, base_url=base_url, max_concurrency=cfg.judge.max_concurrency,
+                               timeout_s=cfg.judge.timeout_s, max_retries=cfg.judge.max_retries,
+                               cache=cache, name=spec.label, api_key_env=spec.api_key_env,
+                               api_key=None if spec.api_key_env else token, **extra))
         else:
             path = resolve_model(cfg, spec.model)
             if spec.local_backend == "vllm":
@@ -119,18 +129,25 @@ class JudgePipeline:
 
     The worker's first exception stops it; :meth:`submit` and :meth:`close` re-raise it. A
     checkpoint whose result was written stays written (reruns skip it).
+
+    ``workers`` > 1 (threaded only): that many checkpoints are judged at once, each in its own
+    thread and event loop: a Batch API judge waits minutes to hours per batch, so the batches of
+    a shard's checkpoints are submitted and waited for together rather than one after another.
     """
 
-    def __init__(self, handle: Callable[[Generated], None], *, threaded: bool, depth: int = 2) -> None:
+    def __init__(self, handle: Callable[[Generated], None], *, threaded: bool, depth: int = 2,
+                 workers: int = 1) -> None:
         self._handle = handle
         self._threaded = threaded
         self._queue: "queue.Queue[Generated | None]" = queue.Queue(maxsize=max(1, depth))
         self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.wait_s = 0.0  # time the caller spent blocked on the judge (queue full, or the final drain)
         if threaded:
-            self._thread = threading.Thread(target=self._work, name="emt-judge-pipeline", daemon=True)
-            self._thread.start()
+            for i in range(max(1, workers)):
+                t = threading.Thread(target=self._work, name=f"emt-judge-pipeline-{i}", daemon=True)
+                t.start()
+                self._threads.append(t)
 
     def _work(self) -> None:
         while True:
@@ -160,13 +177,36 @@ class JudgePipeline:
 
     def close(self) -> None:
         """Wait until every submitted checkpoint is judged and written; re-raise a worker error."""
-        if self._thread is not None:
+        if self._threads:
             t0 = time.perf_counter()
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+            for _ in self._threads:
+                self._queue.put(None)
+            for t in self._threads:
+                t.join()
+            self._threads = []
             self.wait_s += time.perf_counter() - t0
         self._raise()
+
+
+BATCH_DIR = "judge-batches"  # under an eval root: the Batch API judges' ledgers, per checkpoint
+BATCH_WORKERS = 16  # checkpoints whose batches are in flight at once (JudgePipeline workers)
+
+
+def batch_dir(root: Path, name: str) -> Path:
+    """Where a checkpoint's (``step-N``) or the persona vectors' (``persona``) batch ledgers and
+    pending answers live while a Batch API judge scores them; removed once they are scored."""
+    return root / BATCH_DIR / name
+
+
+def answers_record(traits: Sequence["Trait"], answers: list[list[str]]) -> dict[str, Any]:
+    """The answers of a checkpoint in the shape :func:`emt.store.results.read_answers` reads."""
+    out: dict[str, Any] = {}
+    i = 0
+    for t in traits:
+        n = len(t.questions)
+        out[t.name] = {"question_ids": [q.id for q in t.questions], "responses": answers[i:i + n]}
+        i += n
+    return {"traits": out}
 
 
 def task_id(task: EvalTask) -> str:
@@ -220,13 +260,13 @@ class EvalSession:
     ``max_lora_rank`` must cover every adapter it will serve (a run's adapters share one rank).
     """
 
-    def __init__(self, run: "Run", max_lora_rank: int = 0) -> None:
+    def __init__(self, run: "Run", max_lora_rank: int = 0, batch: bool = False) -> None:
         t0 = time.perf_counter()
         cfg = run.config
         limit_torch_threads(cfg.cluster.eval.cpus)
         self.traits = load_traits(cfg)
         self.convs = conversations(self.traits)
-        self.judges = make_judges(cfg)
+        self.judges = make_judges(cfg, batch=batch)  # batch: the offline eval task only (open_session)
         self.lora = cfg.training.method == "lora"
         self.rank = max_lora_rank
         base = resolve_model(cfg, cfg.model.name)
@@ -332,7 +372,7 @@ def open_session(run: "Run", steps: Sequence[int], session: EvalSession | None) 
     given session's max_lora_rank is too small)."""
     rank = needed_rank(run, steps)
     if session is None:
-        return EvalSession(run, rank)
+        return EvalSession(run, rank, batch=True)  # the offline eval: batch: true judges use the Batch API
     if session.lora and rank > session.rank:
         raise ValueError(f"{run.name}: an adapter of rank {rank} exceeds the session's max_lora_rank {session.rank}")
     return session
@@ -357,6 +397,9 @@ class ShardRun:
         # Progress for the log ("checkpoint k/n, ETA ..."): steps handed back by the judge (scored
         # or set aside) out of this run's todo, timed from the first generation (start-up excluded).
         self.done, self.total, self.t_eval = 0, 0, time.perf_counter()
+        # A Batch API judge: its batch ledgers and the answers they judge are kept per checkpoint
+        # (batch_dir), so that a killed or requeued task resumes the same batches with the same answers.
+        self.batch = any(isinstance(j, BatchOpenAIJudge) for j in session.judges)
 
     def target_for(self, step: int) -> Target:
         """What to generate from for ``step``: the base model, an adapter or a full checkpoint."""
@@ -370,6 +413,8 @@ class ShardRun:
         for s in steps:
             if s not in self.stored:
                 a = results.read_answers(paths.judge_failed_file(self.root, s), self.session.traits)
+                if a is None and self.batch:  # killed while its batches ran: the answers they judge
+                    a = results.read_answers(batch_dir(self.root, f"step-{s}") / "answers.json", self.session.traits)
                 if a is not None:
                     self.stored[s] = a
 
@@ -377,8 +422,9 @@ class ShardRun:
         """Generate and judge every step of ``todo``, round by round of the steps whose lock this task takes."""
         self.load_stored(todo)
         self.done, self.total, self.t_eval = 0, len(todo), time.perf_counter()
-        pipeline = JudgePipeline(self.judge_and_write, threaded=self.cfg.eval.pipeline_judge,
-                                 depth=self.cfg.eval.judge_queue)
+        workers = min(BATCH_WORKERS, max(1, len(todo))) if self.batch else 1
+        pipeline = JudgePipeline(self.judge_and_write, threaded=self.cfg.eval.pipeline_judge or self.batch,
+                                 depth=max(self.cfg.eval.judge_queue, workers), workers=workers)
         try:
             pending = list(todo)
             while pending:
@@ -404,7 +450,9 @@ class ShardRun:
         if capturer is not None and self.cfg.activations.persona and 0 in mine:
             # Before step 0's result exists, so that a complete set of results implies the vectors.
             t0 = time.perf_counter()
-            ensure_vectors(self.cfg, self.root, self.session.traits, self.session.gen, self.session.judges[0], capturer)
+            with batch_state(batch_dir(self.root, "persona") if self.batch else None):
+                ensure_vectors(self.cfg, self.root, self.session.traits, self.session.gen, self.session.judges[0],
+                               capturer)
             self.timing["persona_s"] = time.perf_counter() - t0
         for step, answers in self.stored.items():
             if step in mine and self.has_activations(step):
@@ -444,9 +492,15 @@ class ShardRun:
         convs = self.session.convs
         trait_prompts = [t.judge_prompt_for(q, a) for (t, q, _), ans in zip(convs, item.answers) for a in ans]
         coh_prompts = [t.coherence_prompt_for(q, a) for (t, q, _), ans in zip(convs, item.answers) for a in ans]
-        with request_tags(run=run.name, step=item.step):
+        pending = batch_dir(self.root, f"step-{item.step}") if self.batch else None
+        if pending is not None and not (pending / "answers.json").is_file():
+            atomic.write_json(pending / "answers.json", answers_record(self.session.traits, item.answers))
+        with request_tags(run=run.name, step=item.step), batch_state(pending):
             result, calls = score_checkpoint(item.step, self.session.traits, item.answers, self.session.judges,
                                              trait_prompts, coh_prompts)
+        if pending is not None:
+            # Every batch is harvested into the judge cache (scored or set aside below): nothing to resume.
+            shutil.rmtree(pending, ignore_errors=True)
         judge_s = time.perf_counter() - t0
         result.update(run=run.name, run_hash=run.hash, eval_hash=task.eval_hash,
                       seconds=round(item.gen_seconds + judge_s, 2), gen_seconds=round(item.gen_seconds, 2),

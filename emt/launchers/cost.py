@@ -17,7 +17,9 @@ What it adds up, for the runs a launcher would train or score:
   judge requests, ``max_tokens=1`` per call (the score is read from that token's top-20 logprobs);
   a local judge generates nothing (one forward pass) and costs no dollars, only the GPU time above.
 - Dollars: the tokens at the judge model's price (:func:`emt.eval.judge.price_for`: the built-in
-  table of ``PRICES_DATE``, with ``judge.prices`` over it). Not modelled: cache hits (a rerun asks
+  table of ``PRICES_DATE``, with ``judge.prices`` over it); a ``judge.judges[].batch`` judge at the
+  Batch API's price (``BATCH_DISCOUNT``, half) except for monitored runs (scored synchronously),
+  its row tagged "(batch)". Not modelled: cache hits (a rerun asks
   only what the judge cache lacks), retries, cached-input discounts.
 - With ``--monitor``: a monitor job per submitted run (``cluster.eval`` resources) held from its
   training's start until the run is trained and scored; it scores the checkpoints itself, so its
@@ -30,11 +32,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from emt.core.config import Config
 from emt.core.profiles import load_profile
-from emt.eval.judge import PRICES_DATE, price_for
+from emt.eval.judge import BATCH_DISCOUNT, PRICES_DATE, price_for
 from emt.eval.plan import eval_hash, eval_root, load_traits
 from emt.launchers.plan import CHARS_PER_TOKEN, RunPlan, eval_seconds
 from emt.sweep.runs import Run, train_world_size
@@ -111,26 +113,49 @@ class JudgeCost:
     price: tuple[str, float, float] | None  # (prefix, USD in, USD out per 1M); None: unknown
     usd_min: float | None
     usd_max: float | None
+    batch: bool = False  # priced (at least in part) at the Batch API's price (judge.judges[].batch)
 
 
-def judge_costs(cfg: Config, work: Sequence[RunWork], load: JudgeLoad) -> list[JudgeCost]:
-    """Calls, tokens and dollars of each configured judge for ``work``."""
-    ckpts = sum(w.checkpoints for w in work)
-    persona_runs = sum(1 for w in work if w.persona)
-    out: list[JudgeCost] = []
-    for i, spec in enumerate(cfg.judge.judges):
-        p = persona_runs if i == 0 else 0  # persona vectors are confirmed by the first judge only
-        calls = ckpts * load.calls + p * load.persona_calls
+def judge_costs(cfg: Config, work: Sequence[RunWork], load: JudgeLoad,
+                monitored: Collection[str] = ()) -> list[JudgeCost]:
+    """Calls, tokens and dollars of each configured judge for ``work``.
+
+    A ``batch: true`` judge is priced at the Batch API's price (half) for the offline eval, and at
+    the standard price for the runs in ``monitored`` (the monitor asks synchronously); ``price``
+    is then the Batch price."""
+
+    def load_of(i: int, runs: Sequence[RunWork]) -> tuple[int, float, float]:
+        ckpts = sum(w.checkpoints for w in runs)
+        p = sum(1 for w in runs if w.persona) if i == 0 else 0  # persona vectors: the first judge only
         lo = ckpts * load.fixed_tokens + p * load.persona_fixed_tokens
         hi = lo + ckpts * load.answer_cap_tokens + p * load.persona_answer_cap_tokens
+        return ckpts * load.calls + p * load.persona_calls, lo, hi
+
+    out: list[JudgeCost] = []
+    for i, spec in enumerate(cfg.judge.judges):
+        calls, lo, hi = load_of(i, work)
         if spec.backend == "local":
             out.append(JudgeCost(spec.label, spec.model, "local", calls, lo, hi, 0.0, None, 0.0, 0.0))
             continue
-        price = price_for(spec.model, cfg.judge.prices)
+        batch = spec.batch and any(w.name not in monitored for w in work)
+        price = price_for(spec.model, cfg.judge.prices, batch=batch)
         output = float(calls)  # max_tokens=1
-        usd = (None, None) if price is None else tuple((t * price[1] + output * price[2]) / 1e6 for t in (lo, hi))
+        usd: tuple[float | None, float | None] = (None, None)
+        if price is not None:
+            parts = [(work, price)]
+            if spec.batch:  # the monitored runs' share at the standard price
+                full = price_for(spec.model, cfg.judge.prices)
+                assert full is not None
+                parts = [([w for w in work if w.name not in monitored], price),
+                         ([w for w in work if w.name in monitored], full)]
+            usd_lo = usd_hi = 0.0
+            for runs, (_, p_in, p_out) in parts:
+                c, a, b = load_of(i, runs)
+                usd_lo += (a * p_in + c * p_out) / 1e6
+                usd_hi += (b * p_in + c * p_out) / 1e6
+            usd = (usd_lo, usd_hi)
         out.append(JudgeCost(spec.label, spec.model, spec.base_url or "api.openai.com", calls, lo, hi, output,
-                             price, usd[0], usd[1]))
+                             price, usd[0], usd[1], batch))
     return out
 
 
@@ -250,9 +275,10 @@ def format_costs(cfg: Config, work: Sequence[RunWork], *, monitor: Sequence[str]
             lines.append(row(f"evaluation of {len(rest)} unmonitored run(s)", ev_h))
     else:
         lines.append(row(f"evaluation: {ckpts:,} checkpoints, {n_tasks} task(s)", ev_h))
-    costs = judge_costs(cfg, work, load) if load is not None else []
+    costs = judge_costs(cfg, work, load, monitored=set(monitor or ())) if load is not None else []
     for jc in costs:
-        lines.append(row(f"judge {jc.label}" + (" (local)" if jc.where == "local" else ""), None, jc.calls,
+        tag = " (local)" if jc.where == "local" else " (batch)" if jc.batch else ""
+        lines.append(row(f"judge {jc.label[:44 - len(tag) - 6]}{tag}", None, jc.calls,
                          token_range(jc.input_min, jc.input_max), tokens(jc.output),
                          usd(jc.usd_min, jc.usd_max)))
     known = [jc for jc in costs if jc.usd_min is not None]
@@ -321,6 +347,10 @@ def format_costs(cfg: Config, work: Sequence[RunWork], *, monitor: Sequence[str]
             name = jc.label if jc.label == jc.model else f"{jc.label} ({jc.model})"
             lines.append(f"  {name}: {dollar(p_in)} in / {dollar(p_out)} out per 1M tokens ({prefix!r}, {src}; "
                          f"judge.prices overrides); each 100 tokens of mean answer length add ${per100:,.2f}")
+            if jc.batch:
+                lines.append(f"    Batch API price (judge.judges[].batch: {BATCH_DISCOUNT:g} x the standard price; "
+                             f"results within 24 h)" + ("; monitored runs are scored synchronously, at the standard "
+                                                        "price" if monitor else ""))
             if measured is not None:
                 mean = min(measured[0], float(e.max_new_tokens))
                 t_in = jc.input_min + jc.calls * mean

@@ -472,3 +472,18 @@ def test_sft_args_enter_the_run_hash_only_when_given(tmp_path: Path) -> None:
     a, b = h("training.sft_args={max_grad_norm: 0.5}"), h("training.sft_args={max_grad_norm: 0.25}")
     assert len({a, b, PAPER_HASHES["medical_mild"]}) == 3
     assert h("training.sft_args={adam_epsilon: 1e-8}") == h("training.sft_args={adam_epsilon: 1.0e-8}")
+
+
+def test_judge_batch_flag_checked() -> None:
+    """judge.judges[].batch: an OpenAI(-compatible) judge only; judge.batch_poll_s > 0; each one line."""
+    ok = load_config(CONFIGS / "debug.yaml", ["judge.judges=[{model: gpt-4.1-mini, batch: true}]",
+                                              "judge.batch_poll_s=5"])
+    assert ok.judge.judges[0].batch and ok.judge.batch_poll_s == 5
+    assert not load_config(CONFIGS / "debug.yaml").judge.judges[0].batch
+    with pytest.raises(ConfigError) as ei:
+        load_config(CONFIGS / "debug.yaml", ["judge.judges=[{backend: local, model: builtin:tiny-judge, batch: true}]",
+                                             "judge.batch_poll_s=0"])
+    text = str(ei.value)
+    assert len(ei.value.problems) == 2, text
+    assert "judge.judges.0.batch: the Batch API is OpenAI's" in text and "set batch: false" in text
+    assert "judge.batch_poll_s: must be > 0 seconds" in text

@@ -4,7 +4,10 @@ It answers ``POST /v1/chat/completions`` with a body in the real format (one cho
 ``logprobs`` with ``top_logprobs``, ``usage``), from a scriptable *responder* (prompt -> {token:
 logprob}) after a fixed latency, and can inject scripted faults (429 with ``Retry-After``, 500,
 404, hangs past the client timeout, malformed and truncated bodies, connections reset, empty
-replies). It counts requests in total and per prompt, so tests can assert that a rerun made no
+replies). It also serves the Batch API (``/v1/files`` upload and content, ``/v1/batches``
+create, retrieve and list; states validating -> in_progress -> finalizing -> completed / expired /
+failed / cancelled, scripted per batch with :class:`BatchScript`; per-line errors go to the error
+file). It counts requests in total and per prompt, so tests can assert that a rerun made no
 calls, and records the ``Authorization`` header each request carried (``auth_headers()``), so
 tests can assert which credentials reached it. With ``api_key`` it requires that bearer token
 (401 otherwise), as ``vllm serve --api-key`` does.
@@ -170,6 +173,33 @@ class Fault:
         return d
 
 
+BATCH_STATES = ("completed", "expired", "failed", "cancelled")
+
+
+@dataclass
+class BatchScript:
+    """How one batch (the next one created) ends, for the Batch API routes.
+
+    status: its final state: ``"completed"``, ``"expired"`` (the lines listed by ``expire`` get a
+        ``batch_expired`` error, the others their reply), ``"failed"`` (validation failed: no
+        line runs, ``errors`` says why) or ``"cancelled"`` (no line has a reply).
+    expire: prompt substrings whose lines expire (None: every line) when ``status`` is expired.
+    line_status: prompt substring -> HTTP status of that line's response (e.g. 500: a per-line
+        error in the error file).
+    polls: ``batches.retrieve`` calls it answers ``validating`` / ``in_progress`` / ``finalizing``
+        before the final state.
+    """
+
+    status: str = "completed"
+    expire: Sequence[str] | None = None
+    line_status: Mapping[str, int] = field(default_factory=dict)
+    polls: int = 3
+
+    def __post_init__(self) -> None:
+        if self.status not in BATCH_STATES:
+            raise ValueError(f"unknown batch status {self.status!r}; expected one of {BATCH_STATES}")
+
+
 def _check_loopback(host: str) -> None:
     # The server has no authentication: refuse anything but loopback.
     if host == "localhost":
@@ -202,7 +232,7 @@ class JudgeServer:
                  faults: Iterable[Fault] = (), *, host: str = "127.0.0.1", port: int = 0,
                  max_requests: int = 200_000, max_lifetime_s: float = 900.0,
                  process: bool = False, responder_path: str | None = None,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, batch_scripts: Iterable[BatchScript] = ()) -> None:
         _check_loopback(host)
         self.api_key = api_key  # required as "Bearer <api_key>" when set
         self.responder: Responder = responder or hash_responder
@@ -237,6 +267,11 @@ class JudgeServer:
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._proc: subprocess.Popen[str] | None = None
+        # The Batch API (thread mode): uploaded files, batches, and how the next batches end.
+        self.batch_scripts: list[BatchScript] = list(batch_scripts)
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}  # id -> the batch object (plus "_script", "_polls")
+        self.batch_line_counts: Counter[str] = Counter()  # prompt -> lines answered in batches
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -486,6 +521,8 @@ class JudgeServer:
         if method == "GET" and path in ("/v1/models", "/models"):
             return self._count(200, json.dumps({"object": "list", "data": [
                 {"id": "emt-judge-server", "object": "model", "owned_by": "emt"}]}).encode())
+        if path.startswith(("/v1/files", "/v1/batches")):
+            return self._count(*self._batch_api(method, path, body))
         if method != "POST" or path not in ("/v1/chat/completions", "/chat/completions"):
             return self._count(404, _error(f"no route {method} {path}", "invalid_request_error"))
         try:
@@ -531,6 +568,103 @@ class JudgeServer:
         kind = fault.kind if fault is not None else None
         body = json.dumps(_completion(req, prompt, tops, kind)).encode()
         return self._count(_TRUNCATED if kind == "truncated" else 200, body)
+
+    # ---------------------------------------------------------------- the Batch API
+
+    def _batch_api(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        """/v1/files (upload, content) and /v1/batches (create, retrieve, list), as the API does."""
+        parts = path.strip("/").split("/")  # ["v1", "files", id, "content"]
+        with self._lock:
+            if method == "POST" and parts == ["v1", "files"]:
+                fields = _multipart(body)
+                if fields.get("purpose", b"").decode() != "batch" or "file" not in fields:
+                    return 400, _error("purpose must be batch, with a file", "invalid_request_error")
+                fid = f"file-emt{len(self.files) + 1:04d}"
+                self.files[fid] = fields["file"]
+                return 200, json.dumps({"id": fid, "object": "file", "bytes": len(fields["file"]),
+                                        "created_at": int(time.time()), "filename": "batch.jsonl",
+                                        "purpose": "batch", "status": "processed"}).encode()
+            if method == "GET" and len(parts) == 4 and parts[1] == "files" and parts[3] == "content":
+                if parts[2] not in self.files:
+                    return 404, _error(f"no file {parts[2]}", "invalid_request_error")
+                return 200, self.files[parts[2]]
+            if method == "POST" and parts == ["v1", "batches"]:
+                req = json.loads(body)
+                if req.get("input_file_id") not in self.files:
+                    return 400, _error("no such input_file_id", "invalid_request_error")
+                if req.get("endpoint") != "/v1/chat/completions" or req.get("completion_window") != "24h":
+                    return 400, _error("endpoint must be /v1/chat/completions, window 24h", "invalid_request_error")
+                bid = f"batch_emt{len(self.batches) + 1:04d}"
+                script = self.batch_scripts.pop(0) if self.batch_scripts else BatchScript()
+                self.batches[bid] = {"id": bid, "object": "batch", "endpoint": req["endpoint"],
+                                     "input_file_id": req["input_file_id"], "completion_window": "24h",
+                                     "status": "validating", "created_at": int(time.time()),
+                                     "output_file_id": None, "error_file_id": None, "errors": None,
+                                     "metadata": req.get("metadata"),
+                                     "_script": script, "_polls": 0}
+                return 200, json.dumps(_public(self.batches[bid])).encode()
+            if method == "GET" and parts == ["v1", "batches"]:
+                data = [_public(b) for b in reversed(self.batches.values())]
+                return 200, json.dumps({"object": "list", "data": data, "has_more": False,
+                                        "first_id": data[0]["id"] if data else None,
+                                        "last_id": data[-1]["id"] if data else None}).encode()
+            if method == "GET" and len(parts) == 3 and parts[1] == "batches":
+                b = self.batches.get(parts[2])
+                if b is None:
+                    return 404, _error(f"no batch {parts[2]}", "invalid_request_error")
+                self._advance(b)
+                return 200, json.dumps(_public(b)).encode()
+        return 404, _error(f"no route {method} {path}", "invalid_request_error")
+
+    def _advance(self, b: dict[str, Any]) -> None:
+        """One retrieve further along validating -> in_progress -> finalizing -> the scripted end."""
+        if b["status"] in BATCH_STATES:
+            return
+        script: BatchScript = b["_script"]
+        b["_polls"] += 1
+        if b["_polls"] < script.polls:
+            b["status"] = ("validating", "in_progress", "finalizing")[min(b["_polls"], 2)]
+            return
+        lines = [json.loads(x) for x in self.files[b["input_file_id"]].decode("utf-8").splitlines() if x.strip()]
+        ids = [ln.get("custom_id") for ln in lines]
+        problems = []
+        if len(set(ids)) != len(ids):
+            problems.append({"code": "duplicate_custom_id", "message": "custom_id values must be unique", "line": None})
+        if len({ln.get("body", {}).get("model") for ln in lines}) > 1:
+            problems.append({"code": "mixed_models", "message": "every line must name the same model", "line": None})
+        if script.status == "failed" or problems:
+            problems = problems or [{"code": "invalid_request",
+                                     "message": "The model `gpt-x` does not exist (scripted)", "line": 1}]
+            b.update(status="failed", errors={"object": "list", "data": problems}, failed_at=int(time.time()))
+            return
+        out, err = [], []
+        for ln in lines:
+            prompt = _prompt_of(ln["body"])
+            rid = {"id": f"batch_req_{uuid_hex(ln['custom_id'])}", "custom_id": ln["custom_id"]}
+            if script.status == "cancelled" or (script.status == "expired" and (
+                    script.expire is None or any(k in prompt for k in script.expire))):
+                if script.status == "expired":
+                    err.append({**rid, "response": None, "error": {
+                        "code": "batch_expired",
+                        "message": "This request could not be executed before the completion window expired."}})
+                continue
+            status = next((c for k, c in script.line_status.items() if k in prompt), 200)
+            self.batch_line_counts[prompt] += 1
+            if status != 200:
+                err.append({**rid, "error": None, "response": {"status_code": status, "request_id": rid["id"],
+                            "body": json.loads(_error("scripted line error", "server_error"))}})
+                continue
+            tops = self.responder(prompt, tags={}) if self._wants_tags else self.responder(prompt)
+            out.append({**rid, "error": None, "response": {"status_code": 200, "request_id": rid["id"],
+                        "body": _completion(ln["body"], prompt, tops, None)}})
+        for rows, key in ((out, "output_file_id"), (err, "error_file_id")):
+            if rows:
+                fid = f"file-emt{len(self.files) + 1:04d}"
+                self.files[fid] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                b[key] = fid
+        b["status"] = script.status
+        b["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
+        b[f"{script.status}_at"] = int(time.time())
 
     def _count(self, status: int, payload: bytes,
                headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -580,6 +714,28 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
             raise ValueError("body too large")
         parts.append(await reader.readexactly(size))
         await reader.readexactly(2)
+
+
+def _multipart(body: bytes) -> dict[str, bytes]:
+    """The fields of a multipart/form-data body (the boundary is its first line)."""
+    boundary = body.split(b"\r\n", 1)[0]
+    out: dict[str, bytes] = {}
+    for part in body.split(boundary)[1:]:
+        if part.startswith(b"--"):
+            break
+        head, _, content = part.lstrip(b"\r\n").partition(b"\r\n\r\n")
+        name = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode() if b'name="' in head else ""
+        out[name] = content[:-2] if content.endswith(b"\r\n") else content
+    return out
+
+
+def _public(batch: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+
+def uuid_hex(text: str) -> str:
+    """A stable id fragment for a custom_id."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _prompt_of(req: Mapping[str, Any]) -> str:

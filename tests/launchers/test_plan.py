@@ -351,3 +351,27 @@ def test_eval_dry_run_costs_only_the_missing_checkpoints(tmp_path, capsys) -> No
     paths.result_file(root, 0).unlink()
     out = dry()
     assert "evaluation: 17 checkpoints, 1 task(s)" in out and f"{17 * 800 + 1600:,}" in out
+
+
+def test_batch_judge_costs_half_and_says_so() -> None:
+    from emt.launchers.cost import format_costs, judge_costs, judge_load
+
+    cfg = _paper()
+    work, _, [std] = _cost(cfg)
+    spec = dataclasses.replace(cfg.judge.judges[0], batch=True)
+    batch_cfg = dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, judges=(spec,)))
+    _, _, [jc] = _cost(batch_cfg)
+    assert jc.batch and jc.calls == std.calls and jc.input_max == std.input_max
+    assert jc.price == ("gpt-4.1-mini", 0.20, 0.80)
+    assert jc.usd_min == pytest.approx(std.usd_min / 2) and jc.usd_max == pytest.approx(std.usd_max / 2)
+    text = format_costs(batch_cfg, work)
+    assert "(batch)" in text and "Batch API price" in text and "$0.20 in / $0.80 out" in text
+    assert "(batch)" not in format_costs(cfg, work)
+    # Monitored runs are scored synchronously: their share is at the standard price.
+    names = [w.name for w in work]
+    [all_mon] = judge_costs(batch_cfg, work, judge_load(batch_cfg), monitored=set(names))
+    assert all_mon.usd_max == pytest.approx(std.usd_max) and not all_mon.batch
+    half = set(names[:3])
+    [mixed] = judge_costs(batch_cfg, work, judge_load(batch_cfg), monitored=half)
+    assert std.usd_max / 2 < mixed.usd_max < std.usd_max
+    assert "monitored runs are scored synchronously" in format_costs(batch_cfg, work, monitor=sorted(half))

@@ -1,0 +1,233 @@
+"""The Batch API judge (emt.eval.batch_judge) against the fake server's Batch API routes
+(tests.fakes.judge_server): the same scores as the synchronous judge, resume after a kill,
+resubmission of expired and failed lines, a batch failing as a whole, the split into batches,
+the halved price, and that the key is written nowhere.
+
+Offline on 127.0.0.1, with a poll interval of a few milliseconds; a few seconds on 2 cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from emt.eval.batch_judge import BatchOpenAIJudge, _Line, batch_state
+from emt.eval.judge import (
+    JudgeCache,
+    JudgeIncomplete,
+    JudgeUnavailable,
+    OpenAIJudge,
+    estimate_cost,
+    price_for,
+    prompt_key,
+)
+from tests.fakes.judge_server import BatchScript, JudgeServer
+
+SENTINEL = "sk-test-SENTINEL-batch-1a2b3c"
+PROMPTS = [f"batch prompt {i}" for i in range(30)]  # 28 is a refusal (NaN)
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("OPENAI_API_KEY", SENTINEL)
+    return SENTINEL
+
+
+def batch_judge(url: str, cache: JudgeCache | None = None, **kw: object) -> BatchOpenAIJudge:
+    kw.setdefault("max_retries", 2)
+    kw.setdefault("backoff_base_s", 0.01)
+    kw.setdefault("timeout_s", 5.0)
+    kw.setdefault("poll_s", 0.005)
+    return BatchOpenAIJudge(base_url=url, transport="httpx", cache=cache, api_key_env="OPENAI_API_KEY",
+                            **kw)  # type: ignore[arg-type]
+
+
+def sync_judge(url: str, cache: JudgeCache | None = None) -> OpenAIJudge:
+    return OpenAIJudge(base_url=url, transport="httpx", cache=cache, max_retries=0, timeout_s=5.0)
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-12)
+
+
+def test_batch_scores_equal_the_synchronous_path(tmp_path: Path) -> None:
+    server = JudgeServer()
+    with server as url:
+        sync = sync_judge(url).score(PROMPTS)
+        assert server.batches == {}
+        cache = JudgeCache(tmp_path / "judge-cache.sqlite")
+        with batch_state(tmp_path / "state"):
+            res = batch_judge(url, cache).score(PROMPTS + PROMPTS[:3])  # repeats are sent once
+        assert len(server.batches) == 1
+        [b] = server.batches.values()
+        assert b["status"] == "completed" and b["endpoint"] == "/v1/chat/completions"
+        lines = [json.loads(x) for x in server.files[b["input_file_id"]].decode().splitlines()]
+        assert len(lines) == len(PROMPTS)
+        body = lines[0]["body"]
+        assert (body["max_tokens"], body["temperature"], body["logprobs"], body["top_logprobs"], body["seed"]) == \
+            (1, 0, True, 20, 0)
+        assert any(math.isnan(j.score) for j in sync) and any(not math.isnan(j.score) for j in sync)
+        for s, r in zip(sync + sync[:3], res):
+            assert same(s.score, r.score) and s.raw == r.raw and s.reason == r.reason and s.logprobs == r.logprobs
+            assert not r.failed
+        # The replies are in the shared cache: the synchronous judge on the same cache asks nothing.
+        before = server.total_requests
+        again = sync_judge(url, cache).score(PROMPTS)
+        assert server.total_requests == before and all(j.cached for j in again)
+        # The ledger is gone once harvested; the key was written nowhere.
+        assert not any((tmp_path / "state").glob("*.json")) if (tmp_path / "state").exists() else True
+        for f in tmp_path.rglob("*"):
+            if f.is_file():
+                assert SENTINEL.encode() not in f.read_bytes(), f
+        # The batch judge's key went to the server it was named for (the sync judge sends a placeholder).
+        assert f"Bearer {SENTINEL}" in server.auth_headers()
+        assert set(server.auth_headers()) == {f"Bearer {SENTINEL}", "Bearer EMPTY"}
+
+
+def test_killed_after_submission_resumes_the_same_batch(tmp_path: Path) -> None:
+    # The first batch stays in progress long enough for the "task" to be killed while polling.
+    server = JudgeServer(batch_scripts=[BatchScript(polls=10**9)])
+    state = tmp_path / "judge-batches" / "step-3"
+    with server as url:
+        judge = batch_judge(url, JudgeCache(tmp_path / "c.sqlite"))
+
+        async def killed() -> None:
+            with batch_state(state):
+                await asyncio.wait_for(judge.ascore(PROMPTS), timeout=1.0)
+
+        with pytest.raises(asyncio.TimeoutError):
+            asyncio.run(killed())
+        assert len(server.batches) == 1
+        [ledger] = state.glob("*.json")
+        entry = json.loads(ledger.read_text())["batches"][0]
+        assert entry["batch_id"] in server.batches and SENTINEL not in ledger.read_text()
+        server.batches[entry["batch_id"]]["_script"].polls = 0  # the API finishes it meanwhile
+
+        # A requeued task: a new judge (new process) with the same state dir.
+        rerun = batch_judge(url, JudgeCache(tmp_path / "c.sqlite"))
+        with batch_state(state):
+            res = rerun.score(PROMPTS)
+        assert len(server.batches) == 1  # polled the same batch, created none
+        assert rerun.batches_created == 0
+        assert sum(server.batch_line_counts.values()) == len(PROMPTS)
+        sync = sync_judge(url).score(PROMPTS)
+        assert all(same(a.score, b.score) for a, b in zip(sync, res))
+        assert not list(state.glob("*.json")) and not list(state.glob("*.jsonl"))
+
+
+def test_killed_between_upload_and_create_finds_the_batch(tmp_path: Path) -> None:
+    server = JudgeServer()
+    state = tmp_path / "s"
+    with server as url:
+        judge = batch_judge(url, JudgeCache(tmp_path / "c.sqlite"))
+        with batch_state(state):
+            judge.score(PROMPTS[:4])
+        assert len(server.batches) == 1
+        # Re-create the ledger as a kill right after batches.create (before its id was saved) leaves it.
+        [b] = server.batches.values()
+        state.mkdir(parents=True, exist_ok=True)
+        (state / "x.jsonl").write_bytes(server.files[b["input_file_id"]])
+        name = f"{judge.name}.json".replace("/", "_")
+        (state / name).write_text(json.dumps({"batches": [
+            {"input": "x.jsonl", "model": judge.model, "n": 4, "round": 0, "file_id": b["input_file_id"],
+             "batch_id": None}]}))
+        rerun = batch_judge(url, JudgeCache(tmp_path / "c2.sqlite"))
+        with batch_state(state):
+            res = rerun.score(PROMPTS[:4])
+        assert len(server.batches) == 1 and rerun.batches_created == 0
+        assert [r.cached for r in res] == [False] * 4 and all(r.reason or not math.isnan(r.score) for r in res)
+
+
+def test_expired_and_failed_lines_are_resubmitted_once_then_scored(tmp_path: Path) -> None:
+    server = JudgeServer(batch_scripts=[BatchScript("expired", expire=["prompt 1"], line_status={"prompt 2": 500})])
+    with server as url:
+        cache = JudgeCache(tmp_path / "c.sqlite")
+        judge = batch_judge(url, cache)
+        with batch_state(tmp_path / "s"):
+            res = judge.score(PROMPTS)
+        retried = [p for p in PROMPTS if "prompt 1" in p or "prompt 2" in p]
+        assert len(server.batches) == 2
+        second = list(server.batches.values())[1]
+        lines = [json.loads(x) for x in server.files[second["input_file_id"]].decode().splitlines()]
+        assert sorted(ln["body"]["messages"][0]["content"] for ln in lines) == sorted(retried)
+        sync = sync_judge(url).score(PROMPTS)
+        assert all(same(a.score, b.score) and a.reason == b.reason for a, b in zip(sync, res))
+        assert not any(r.failed for r in res)
+        u = judge.usage()
+        assert u["retries"] == len(retried) and u["calls"] == len(PROMPTS) + len(retried) and u["batch"]
+
+
+def test_lines_failing_every_round_leave_the_checkpoint_unscored(tmp_path: Path) -> None:
+    server = JudgeServer(batch_scripts=[BatchScript("expired", expire=["prompt 5"])] * 2)
+    with server as url:
+        cache = JudgeCache(tmp_path / "c.sqlite")
+        with batch_state(tmp_path / "s"):
+            res = batch_judge(url, cache, max_retries=1).score(PROMPTS)
+        assert len(server.batches) == 2
+        bad = [r for p, r in zip(PROMPTS, res) if "prompt 5" in p]
+        assert bad and all(r.failed and math.isnan(r.score) and r.reason == "batch_expired after 1 retries"
+                           for r in bad)
+        assert all(not r.failed for p, r in zip(PROMPTS, res) if "prompt 5" not in p)
+        # Not cached: a rerun asks exactly those again (and they succeed now).
+        with batch_state(tmp_path / "s"):
+            again = batch_judge(url, cache, max_retries=1).score(PROMPTS)
+        third = list(server.batches.values())[2]
+        assert len(server.files[third["input_file_id"]].decode().splitlines()) == len(bad)
+        assert not any(r.failed for r in again)
+
+
+def test_a_batch_that_fails_entirely_is_one_clear_line(tmp_path: Path) -> None:
+    server = JudgeServer(batch_scripts=[BatchScript("failed")])
+    state = tmp_path / "s"
+    with server as url:
+        with batch_state(state), pytest.raises(JudgeUnavailable) as e:
+            batch_judge(url, JudgeCache(tmp_path / "c.sqlite")).score(PROMPTS)
+        msg = str(e.value)
+        assert "\n" not in msg and "batch_emt0001 failed as a whole" in msg and "does not exist" in msg
+        assert "rerun" in msg and SENTINEL not in msg
+        assert not list(state.glob("*.json"))  # forgotten: a rerun after the fix submits afresh
+
+
+def test_split_into_several_batches(tmp_path: Path) -> None:
+    server = JudgeServer()
+    with server as url:
+        judge = batch_judge(url, max_requests=10)
+        res = judge.score(PROMPTS)  # no state dir: an in-memory ledger
+        assert len(server.batches) == 3 and judge.batches_created == 3
+        sizes = sorted(len(server.files[b["input_file_id"]].decode().splitlines()) for b in server.batches.values())
+        assert sizes == [10, 10, 10]
+        same_length = [p + " b" for p in PROMPTS[10:22]]
+        one = judge._request(_Line(same_length[0], prompt_key(same_length[0])))
+        by_bytes = batch_judge(url, max_bytes=len(one) * 5 + 1)
+        by_bytes.score(same_length)  # 5 + 5 + 2 lines
+        assert len(server.batches) == 3 + 3
+        assert all(not math.isnan(r.score) or r.reason for r in res)
+
+
+def test_poll_errors_keep_the_ledger_for_a_rerun(tmp_path: Path) -> None:
+    server = JudgeServer(batch_scripts=[BatchScript(polls=10**9)])
+    state = tmp_path / "s"
+    with server as url:
+        judge = batch_judge(url, max_retries=0)
+        with batch_state(state):
+            async def go() -> None:
+                await asyncio.wait_for(judge.ascore(PROMPTS[:3]), timeout=0.5)
+            with pytest.raises(asyncio.TimeoutError):
+                asyncio.run(go())
+    # The server is gone: polling fails in one line naming the ledger's promise.
+    rerun = batch_judge(url, max_retries=0)
+    with batch_state(state), pytest.raises((JudgeIncomplete, JudgeUnavailable)) as e:
+        rerun.score(PROMPTS[:3])
+    assert "\n" not in str(e.value)
+    assert list(state.glob("*.json"))  # still there for the next try
+
+
+def test_batch_price_is_half() -> None:
+    full = estimate_cost("gpt-4.1-mini-2025-04-14", 1_000_000, 1_000_000)
+    half = estimate_cost("gpt-4.1-mini-2025-04-14", 1_000_000, 1_000_000, batch=True)
+    assert full == pytest.approx(2.0) and half == pytest.approx(1.0)
+    assert price_for("gpt-4.1-mini", {"gpt-4.1-mini": (1.0, 4.0)}, batch=True) == ("gpt-4.1-mini", 0.5, 2.0)
