@@ -460,6 +460,8 @@ def format_usage(usage: Mapping[str, Any]) -> str:
     """Render a ``usage()`` dict as one line."""
     cost = usage.get("est_cost_usd")
     cost_s = "cost unknown" if cost is None else f"est. ${cost:,.4f}"
+    if usage.get("batch"):
+        cost_s += " at the Batch API price"
     extra = ""
     if usage.get("failed"):
         extra += f", {usage['failed']:,} failed"

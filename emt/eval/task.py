@@ -453,6 +453,8 @@ class ShardRun:
             with batch_state(batch_dir(self.root, "persona") if self.batch else None):
                 ensure_vectors(self.cfg, self.root, self.session.traits, self.session.gen, self.session.judges[0],
                                capturer)
+            if self.batch:  # harvested: nothing left to resume
+                shutil.rmtree(batch_dir(self.root, "persona"), ignore_errors=True)
             self.timing["persona_s"] = time.perf_counter() - t0
         for step, answers in self.stored.items():
             if step in mine and self.has_activations(step):

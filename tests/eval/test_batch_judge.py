@@ -159,6 +159,9 @@ def test_expired_and_failed_lines_are_resubmitted_once_then_scored(tmp_path: Pat
         assert not any(r.failed for r in res)
         u = judge.usage()
         assert u["retries"] == len(retried) and u["calls"] == len(PROMPTS) + len(retried) and u["batch"]
+        assert u["est_cost_usd"] == pytest.approx(
+            estimate_cost(judge.model, u["prompt_tokens"], u["completion_tokens"]) / 2)
+        assert "at the Batch API price" in judge.format_usage()
 
 
 def test_lines_failing_every_round_leave_the_checkpoint_unscored(tmp_path: Path) -> None:
@@ -231,3 +234,138 @@ def test_batch_price_is_half() -> None:
     half = estimate_cost("gpt-4.1-mini-2025-04-14", 1_000_000, 1_000_000, batch=True)
     assert full == pytest.approx(2.0) and half == pytest.approx(1.0)
     assert price_for("gpt-4.1-mini", {"gpt-4.1-mini": (1.0, 4.0)}, batch=True) == ("gpt-4.1-mini", 0.5, 2.0)
+
+
+# =============================================================================================
+# The eval task's wiring: a checkpoint's ledger and answers next to its results (no model runs)
+# =============================================================================================
+
+_TASK_CHILD = r'''
+import json, sys
+from pathlib import Path
+from tests.eval.test_batch_judge import shard_for
+shard = shard_for(Path(sys.argv[1]), sys.argv[2])
+from emt.eval.task import Generated
+answers = json.loads(sys.argv[3])
+shard.judge_and_write(Generated(2, answers, 0.0))
+'''
+
+
+def shard_for(root: Path, url: str) -> object:
+    """A ShardRun of the debug config's medical_mild run whose session has the configured judges
+    (a batch judge on ``url``) and no generator: stored answers are all it can judge."""
+    from emt.core import paths
+    from emt.core.config import load_config
+    from emt.core.locks import StepLocks
+    from emt.eval.plan import EvalTask, eval_hash, eval_root, load_traits
+    from emt.eval.task import ShardRun, conversations, make_judges
+    from emt.sweep.runs import build_sweep
+
+    judges = json.dumps([{"backend": "openai", "model": "gpt-4.1-mini", "base_url": url,
+                          "api_key_env": "OPENAI_API_KEY", "batch": True}])
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "debug.yaml", [
+        f"cluster.output_root={root}", "eval.questions_per_trait=2", "eval.samples_per_question=2",
+        "activations.layers=[]", f"judge.judges={judges}", "judge.batch_poll_s=0.01", "judge.max_retries=1"])
+    run = build_sweep(cfg, "all", runs=["medical_mild"])[0]
+    ehash = eval_hash(cfg)
+    er = eval_root(run, ehash)
+
+    class Session:  # what ShardRun reads of an EvalSession, without a generator
+        traits = load_traits(cfg)
+        convs = conversations(traits)
+        judges = make_judges(cfg, batch=True)
+        capturer = None
+        gen = None
+        lora = False
+        per_call = 1
+
+    locks = StepLocks(lambda s: paths.eval_step_lock(er, s), lambda s: paths.result_file(er, s).is_file())
+    return ShardRun(EvalTask(run, (2,), 0, ehash), Session(), locks,  # type: ignore[arg-type]
+                    {"evaluated": [], "judge_calls": 0, "generations": 0})
+
+
+def test_eval_task_killed_after_submission_resumes_the_same_batch(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from emt.core import paths
+    from emt.eval.task import batch_dir, make_judges
+
+    server = JudgeServer(batch_scripts=[BatchScript(polls=10**9)])
+    with server as url:
+        shard = shard_for(tmp_path, url)
+        n = len(shard.session.convs)  # type: ignore[attr-defined]
+        answers = [[f"answer {k} to question {i}" for k in range(2)] for i in range(n)]
+        repo = Path(__file__).resolve().parents[2]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+        child = subprocess.Popen([sys.executable, "-c", _TASK_CHILD, str(tmp_path), url, json.dumps(answers)],
+                                 env=env, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        pending = batch_dir(shard.root, "step-2")  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 120
+        try:
+            while not (list(pending.glob("*.json")) and server.batches and any(
+                    json.loads(f.read_text()).get("batches", [{}])[0].get("batch_id")
+                    for f in pending.glob("*.json") if f.name != "answers.json")):
+                assert child.poll() is None, child.communicate()[0]
+                assert time.monotonic() < deadline, "the child task never submitted its batch"
+                time.sleep(0.05)
+        finally:
+            child.kill()  # the task dies while its batch runs
+            child.wait()
+        assert len(server.batches) == 1 and (pending / "answers.json").is_file()
+        assert not paths.result_file(shard.root, 2).exists()  # type: ignore[attr-defined]
+        [b] = server.batches.values()
+        b["_script"].polls = 0  # meanwhile the API finishes the batch
+
+        # The requeued task: a fresh ShardRun; step 2's answers come from its pending dir, and its
+        # judge polls the recorded batch instead of submitting another.
+        rerun = shard_for(tmp_path, url)
+        rerun.evaluate([2])  # type: ignore[attr-defined]
+        assert len(server.batches) == 1
+        result = json.loads(paths.result_file(rerun.root, 2).read_text())  # type: ignore[attr-defined]
+        assert not result.get("judge_failed")
+        assert not pending.exists()  # harvested and scored: nothing left to resume
+        # The scores equal the synchronous judge's on the same answers.
+        sync_cfg_judge = make_judges(rerun.cfg)[0]  # type: ignore[attr-defined]
+        assert type(sync_cfg_judge) is OpenAIJudge  # the monitor's path: synchronous
+        traits = rerun.session.traits  # type: ignore[attr-defined]
+        convs = [(t, q) for t in traits for q in t.questions]
+        prompts = [t.judge_prompt_for(q, a) for (t, q), ans in zip(convs, answers) for a in ans]
+        sync = sync_judge(url).score(prompts)
+        got = [x for t in traits for row in result["traits"][t.name]["scores"]["gpt-4.1-mini"] for x in row]
+        assert len(got) == len(sync)
+        assert all(same(float("nan") if g is None else g, s.score) for g, s in zip(got, sync))
+
+
+def test_pipeline_workers_judge_checkpoints_at_once() -> None:
+    """With workers=N the pipeline has N checkpoints in its handler at the same time (a batch
+    judge's batches wait together); with one worker they go one at a time."""
+    import threading
+
+    from emt.eval.task import Generated, JudgePipeline
+
+    def run(workers: int) -> int:
+        inside, most, lock = [0], [0], threading.Lock()
+        barrier = threading.Barrier(3, timeout=2)
+
+        def handle(item: Generated) -> None:
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            try:
+                barrier.wait()  # three checkpoints must be in here at once to pass
+            except threading.BrokenBarrierError:
+                pass
+            with lock:
+                inside[0] -= 1
+
+        p = JudgePipeline(handle, threaded=True, depth=4, workers=workers)
+        for s in range(3):
+            p.submit(Generated(s, [], 0.0))
+        p.close()
+        return most[0]
+
+    assert run(3) == 3
+    assert run(1) == 1
