@@ -52,6 +52,7 @@ import os
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,14 @@ class BatchOpenAIJudge(OpenAIJudge):
         d["batch"] = True
         return d
 
+    def _config_error(self, status: int, message: str) -> JudgeUnavailable | None:
+        if status == 404:  # the synchronous judge's hint (the /v1 root, the model) does not fit here
+            return JudgeUnavailable(
+                f"judge {self.name}: http 404 from {self._where()} ({message}): the server has no Batch API "
+                f"(/v1/files, /v1/batches) or does not know that file or batch; set judge.judges[].batch: false "
+                f"for a server without one")
+        return super()._config_error(status, message)
+
     # ---------------------------------------------------------------- the batch loop
 
     async def _judge_missing(self, prompts: list[str]) -> list[_Reply]:
@@ -171,6 +180,7 @@ class BatchOpenAIJudge(OpenAIJudge):
                 if not todo:
                     break
                 send: list[_Line] = []
+                retried: Counter[str] = Counter()
                 for ln in todo:
                     if ln.reason is not None and ln.round >= self.max_retries:
                         suffix = f" after {ln.round} retries" if ln.round else ""
@@ -181,11 +191,14 @@ class BatchOpenAIJudge(OpenAIJudge):
                             ln.round += 1
                             with self._usage.lock:
                                 self._usage.retries += 1
-                            log.info("judge %s: resubmitting a line (%s), retry %d/%d", self.name, ln.reason,
-                                     ln.round, self.max_retries)
+                            retried[ln.reason] += 1
                         send.append(ln)
                 if not send:
                     break
+                if retried:
+                    log.info("judge %s: resubmitting %d line(s) that got no reply (%s; at most %d retries)",
+                             self.name, sum(retried.values()),
+                             ", ".join(f"{k} x{v}" for k, v in retried.most_common(5)), self.max_retries)
                 entries = [await self._submit(client, ledger, chunk) for chunk in self._chunks(send)]
                 await asyncio.gather(*(self._finish(client, ledger, e, lines, replies) for e in entries))
             return [replies[prompt_key(p)] for p in prompts]

@@ -11,7 +11,10 @@ what is missing; when nothing is missing it loads no model and calls no judge. C
 
 Within a task, one generator (one vLLM engine) serves every checkpoint of the shard
 (:class:`EvalSession`), and the judges run behind it (:class:`JudgePipeline`): checkpoint i is
-scored while checkpoint i+1 generates, with the same results as scoring in line.
+scored while checkpoint i+1 generates, with the same results as scoring in line. A Batch API
+judge (``judge.judges[].batch``, :mod:`emt.eval.batch_judge`) has every checkpoint's batches in
+flight at once, and keeps their ids and the answers they judge in ``judge-batches/step-N/`` until
+the checkpoint is scored, so that a killed or requeued task resumes them instead of paying twice.
 """
 
 from __future__ import annotations
@@ -189,7 +192,7 @@ class JudgePipeline:
 
 
 BATCH_DIR = "judge-batches"  # under an eval root: the Batch API judges' ledgers, per checkpoint
-BATCH_WORKERS = 16  # checkpoints whose batches are in flight at once (JudgePipeline workers)
+BATCH_WORKERS = 64  # checkpoints whose batches are in flight at once (JudgePipeline workers: threads)
 
 
 def batch_dir(root: Path, name: str) -> Path:

@@ -369,3 +369,17 @@ def test_pipeline_workers_judge_checkpoints_at_once() -> None:
 
     assert run(3) == 3
     assert run(1) == 1
+
+
+def test_unknown_batch_or_no_batch_api_is_one_line(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    with JudgeServer() as url:
+        judge = batch_judge(url)
+        (state / f"{judge.name}.json").write_text(json.dumps({"batches": [
+            {"input": "gone.jsonl", "model": judge.model, "n": 1, "round": 0, "file_id": "file-x",
+             "batch_id": "batch_not_here"}]}))
+        with batch_state(state), pytest.raises(JudgeUnavailable) as e:
+            judge.score(PROMPTS[:2])
+    msg = str(e.value)
+    assert "\n" not in msg and "http 404" in msg and "no Batch API" in msg and "batch: false" in msg
