@@ -9,6 +9,7 @@ Offline on 127.0.0.1, with a poll interval of a few milliseconds; a few seconds 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -28,6 +29,7 @@ from emt.eval.judge import (
 from tests.fakes.judge_server import BatchScript, JudgeServer
 
 SENTINEL = "sk-test-SENTINEL-batch-1a2b3c"
+TRANSPORTS = ["httpx"] + (["aiohttp"] if importlib.util.find_spec("aiohttp") else [])
 PROMPTS = [f"batch prompt {i}" for i in range(30)]  # 28 is a refusal (NaN)
 
 
@@ -38,11 +40,12 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def batch_judge(url: str, cache: JudgeCache | None = None, **kw: object) -> BatchOpenAIJudge:
+    kw.setdefault("transport", "httpx")
     kw.setdefault("max_retries", 2)
     kw.setdefault("backoff_base_s", 0.01)
     kw.setdefault("timeout_s", 5.0)
     kw.setdefault("poll_s", 0.005)
-    return BatchOpenAIJudge(base_url=url, transport="httpx", cache=cache, api_key_env="OPENAI_API_KEY",
+    return BatchOpenAIJudge(base_url=url, cache=cache, api_key_env="OPENAI_API_KEY",
                             **kw)  # type: ignore[arg-type]
 
 
@@ -54,14 +57,15 @@ def same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-12)
 
 
-def test_batch_scores_equal_the_synchronous_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_batch_scores_equal_the_synchronous_path(tmp_path: Path, transport: str) -> None:
     server = JudgeServer()
     with server as url:
         sync = sync_judge(url).score(PROMPTS)
         assert server.batches == {}
         cache = JudgeCache(tmp_path / "judge-cache.sqlite")
-        with batch_state(tmp_path / "state"):
-            res = batch_judge(url, cache).score(PROMPTS + PROMPTS[:3])  # repeats are sent once
+        with batch_state(tmp_path / "state"):  # the multipart upload through either transport
+            res = batch_judge(url, cache, transport=transport).score(PROMPTS + PROMPTS[:3])  # repeats sent once
         assert len(server.batches) == 1
         [b] = server.batches.values()
         assert b["status"] == "completed" and b["endpoint"] == "/v1/chat/completions"
