@@ -320,6 +320,11 @@ class JudgeConfig:
     servers: tuple[ServeSpec, ...] = ()  # judge models served on the cluster (launch/judge_serve.py)
     serve_wait_s: float = 900.0  # how long an eval task waits for a serve: judge to be up
     batch_poll_s: float = 30.0  # seconds between status checks of a batch judge's batches
+    # With a batch judge, the consolidation job first waits for the batches the eval tasks
+    # submitted (on CPU): its time limit, at least the Batch API's 24 h window plus a margin.
+    # A shorter limit is fine where the cluster caps job time: a timed-out job is requeued and
+    # resumes the same batches.
+    batch_harvest_min: int = 1500
     # USD per 1M tokens [input, output] by model-name prefix, added to or replacing the built-in
     # table (emt.eval.judge.PRICES_PER_1M, dated PRICES_DATE) for the plan's cost estimate.
     # Model names hold dots, so override as a mapping: judge.prices={gpt-4.1-mini: [0.4, 1.6]}.
@@ -1045,6 +1050,8 @@ def _check_judges(cfg: Config, p: _Problems) -> None:
                f"must be [USD per 1M input tokens, USD per 1M output tokens], two numbers >= 0 under a non-empty "
                f"model-name prefix, e.g. judge.prices={{gpt-4.1-mini: [0.4, 1.6]}}; got {list(price)}")
     p.need(j.batch_poll_s > 0, "judge.batch_poll_s", f"must be > 0 seconds; got {j.batch_poll_s}")
+    p.need(j.batch_harvest_min >= 1, "judge.batch_harvest_min",
+           f"must be >= 1 minute (the consolidation job's time limit with a batch judge); got {j.batch_harvest_min}")
     for i, spec in enumerate(j.judges):
         url = spec.base_url or ""
         if spec.batch:

@@ -274,6 +274,31 @@ def eval_locks_dir(eval_root: Path) -> Path:
     return eval_root / "locks"
 
 
+def judge_batch_dir(eval_root: Path, step: int) -> Path:
+    """A checkpoint's Batch API state while its batches run: the answers they judge
+    (``answers.json``), the JSONL sent and each judge's ledger of batch ids (``<judge>.json``).
+    Written by the eval task that submits them, removed by whoever harvests them."""
+    return eval_root / "judge-batches" / f"step-{step}"
+
+
+def judge_batch_answers(eval_root: Path, step: int) -> Path:
+    """The answers a checkpoint's running batches judge (in :func:`judge_batch_dir`)."""
+    return judge_batch_dir(eval_root, step) / "answers.json"
+
+
+def judge_batch_steps(eval_root: Path) -> list[int]:
+    """The steps with answers waiting for Batch API batches under ``eval_root``, ascending."""
+    base = eval_root / "judge-batches"
+    if not base.is_dir():
+        return []
+    out = []
+    for d in base.glob("step-*"):
+        tail = d.name[len("step-"):]
+        if tail.isdigit() and (d / "answers.json").is_file():
+            out.append(int(tail))
+    return sorted(out)
+
+
 def eval_step_lock(eval_root: Path, step: int) -> Path:
     """Held by the eval task (or monitor) generating and judging checkpoint ``step``."""
     return eval_locks_dir(eval_root) / f"step-{step}.lock"

@@ -73,6 +73,36 @@ RETRYABLE_STATUS = (408, 409, 429)
 
 # Where the batch ledger of the scoring in progress lives (set by the eval task per checkpoint).
 _STATE_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("emt_batch_state", default=None)
+# How a Batch API judge answers inside the block (batch_mode): see BATCH_MODES.
+_MODE: contextvars.ContextVar[str] = contextvars.ContextVar("emt_batch_mode", default="wait")
+BATCH_MODES = ("wait", "submit", "sync")
+"""``wait``: submit (or resume) the batches and wait for them (the consolidation job's harvest).
+``submit``: submit (or resume) them, harvest what already ended, and raise :class:`BatchPending`
+for the rest instead of waiting (the GPU eval task, which must not hold its GPU for hours).
+``sync``: ask synchronously at the standard price (a few prompts a GPU job needs at once, e.g.
+the persona vectors' judgements)."""
+
+
+class BatchPending(Exception):
+    """Raised in ``submit`` mode: these prompts' batches are in flight; their ledger is kept in
+    the state dir, so a later call with the same state dir (in ``wait`` mode) harvests them."""
+
+    def __init__(self, judge: str, batches: int, lines: int) -> None:
+        super().__init__(f"judge {judge}: {lines} request(s) in {batches} Batch API batch(es) still running")
+        self.judge, self.batches, self.lines = judge, batches, lines
+
+
+@contextlib.contextmanager
+def batch_mode(mode: str) -> Iterator[None]:
+    """Answer inside the block in ``mode`` (one of :data:`BATCH_MODES`); a context variable like
+    :func:`batch_state`."""
+    if mode not in BATCH_MODES:
+        raise ValueError(f"batch mode {mode!r}; valid: {', '.join(BATCH_MODES)}")
+    token = _MODE.set(mode)
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
 
 
 @contextlib.contextmanager
@@ -150,33 +180,45 @@ class BatchOpenAIJudge(OpenAIJudge):
     def usage(self) -> dict[str, Any]:
         """As :meth:`OpenAIJudge.usage`, priced at the Batch API's price; ``batch: True``."""
         d = super().usage()
-        d["est_cost_usd"] = estimate_cost(self.model, d["prompt_tokens"], d["completion_tokens"], batch=True)
+        d["est_cost_usd"] = estimate_cost(self.model, d["prompt_tokens"], d["completion_tokens"], self.prices,
+                                          batch=True)
         d["batch"] = True
         return d
 
     def _config_error(self, status: int, message: str) -> JudgeUnavailable | None:
         if status == 404:  # the synchronous judge's hint (the /v1 root, the model) does not fit here
+            state = _STATE_DIR.get()
+            stale = (f"; a ledger in {state} recorded under another server or account names batches this one "
+                     f"does not know: delete that folder to submit afresh"
+                     if state is not None and state.is_dir() else "")
             return JudgeUnavailable(
                 f"judge {self.name}: http 404 from {self._where()} ({message}): the server has no Batch API "
                 f"(/v1/files, /v1/batches) or does not know that file or batch; set judge.judges[].batch: false "
-                f"for a server without one")
+                f"for a server without one{stale}")
         return super()._config_error(status, message)
 
     # ---------------------------------------------------------------- the batch loop
 
     async def _judge_missing(self, prompts: list[str]) -> list[_Reply]:
+        mode = _MODE.get()
+        if mode == "sync":
+            return await super()._judge_missing(prompts)
+        wait = mode == "wait"
         state = await self._acquire_state()
         try:
             client = state.client
             ledger = _Ledger(_STATE_DIR.get(), self.name)
             lines = {prompt_key(p): _Line(p, prompt_key(p)) for p in prompts}
             replies: dict[str, _Reply] = {}
+            pending: set[str] = set()  # submit mode: keys whose batch is still running
             # Resume: whatever an earlier run submitted is polled and harvested first.
             if ledger.entries:
                 log.info("judge %s: resuming %d batch(es) from %s", self.name, len(ledger.entries), ledger.path)
-                await asyncio.gather(*(self._finish(client, ledger, e, lines, replies) for e in list(ledger.entries)))
+                for keys in await asyncio.gather(*(self._finish(client, ledger, e, lines, replies, wait=wait)
+                                                   for e in list(ledger.entries))):
+                    pending |= keys
             while True:
-                todo = [ln for k, ln in lines.items() if k not in replies]
+                todo = [ln for k, ln in lines.items() if k not in replies and k not in pending]
                 if not todo:
                     break
                 send: list[_Line] = []
@@ -200,7 +242,11 @@ class BatchOpenAIJudge(OpenAIJudge):
                              self.name, sum(retried.values()),
                              ", ".join(f"{k} x{v}" for k, v in retried.most_common(5)), self.max_retries)
                 entries = [await self._submit(client, ledger, chunk) for chunk in self._chunks(send)]
-                await asyncio.gather(*(self._finish(client, ledger, e, lines, replies) for e in entries))
+                for keys in await asyncio.gather(*(self._finish(client, ledger, e, lines, replies, wait=wait)
+                                                   for e in entries)):
+                    pending |= keys
+            if pending:
+                raise BatchPending(self.name, len(ledger.entries), len(pending & lines.keys()))
             return [replies[prompt_key(p)] for p in prompts]
         finally:
             await self._release_state(state)
@@ -285,8 +331,10 @@ class BatchOpenAIJudge(OpenAIJudge):
             await asyncio.sleep(delay)
 
     async def _finish(self, client: Any, ledger: _Ledger, entry: dict[str, Any], lines: dict[str, _Line],
-                      replies: dict[str, _Reply]) -> None:
-        """Wait for one ledger entry's batch and harvest it into the cache and ``replies``."""
+                      replies: dict[str, _Reply], *, wait: bool = True) -> set[str]:
+        """Wait for one ledger entry's batch and harvest it into the cache and ``replies``; the
+        empty set. Without ``wait``, a batch still running is left in the ledger and the keys of
+        its requests are returned instead."""
         if entry.get("batch_id") is None:
             found = await self._find_batch(client, entry["file_id"])
             if found is None:
@@ -299,6 +347,9 @@ class BatchOpenAIJudge(OpenAIJudge):
             batch = await self._api(lambda: client.batches.retrieve(bid), f"check batch {bid}")
             if batch.status in TERMINAL:
                 break
+            if not wait:
+                log.info("judge %s: batch %s is %s; left to the harvest", self.name, bid, batch.status)
+                return set(await self._inputs(client, ledger, entry))
             await asyncio.sleep(self.poll_s)
         if batch.status == "failed":
             errs = getattr(getattr(batch, "errors", None), "data", None) or []
@@ -337,6 +388,7 @@ class BatchOpenAIJudge(OpenAIJudge):
         counts = getattr(batch, "request_counts", None)
         log.info("judge %s: batch %s %s: %d replies, %d to retry%s", self.name, bid, batch.status, len(got),
                  len(inputs) - len(got), f" (API counts {counts.completed}/{counts.total})" if counts else "")
+        return set()
 
     async def _find_batch(self, client: Any, file_id: str) -> str | None:
         """The batch already created from ``file_id`` (the task was killed before recording it)."""

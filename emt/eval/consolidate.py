@@ -99,7 +99,8 @@ def judge_costs(run: "Run", results: Sequence[Path]) -> dict[int, dict[str, floa
 
     Tokens come from the judge cache (``judge.cache``: every judgement's prompt and completion
     tokens as the judge reported them), priced by :func:`emt.eval.judge.estimate_cost` (with
-    ``judge.prices`` over its table): what judging the checkpoint costs, whether this evaluation
+    ``judge.prices`` over its table; at the Batch API's price for the judges the result lists under
+    ``batch_judges``): what judging the checkpoint costs, whether this evaluation
     paid it or a cache hit did. Judges without a price (local models, unknown names) and runs
     without a cache get no cost."""
     cfg = run.config
@@ -122,10 +123,11 @@ def judge_costs(run: "Run", results: Sequence[Path]) -> dict[int, dict[str, floa
                     if t is not None and qid in questions:
                         q = questions[qid]
                         prompts += [p for a in answers for p in (t.judge_prompt_for(q, a), t.coherence_prompt_for(q, a))]
+            batch = set(res.get("batch_judges") or ())  # judged through the Batch API: its price
             for label, model in priced:
                 hits = cache.get_many(model, prompts)
                 usd = estimate_cost(model, sum(r.prompt_tokens for r in hits.values()),
-                                    sum(r.completion_tokens for r in hits.values()), prices)
+                                    sum(r.completion_tokens for r in hits.values()), prices, batch=label in batch)
                 if hits and usd is not None:
                     out.setdefault(int(res["step"]), {})[label] = usd
     finally:

@@ -369,6 +369,8 @@ class _JudgeBase(abc.ABC):
         self.name = name or model
         self.cache = cache
         self._usage = _Usage()
+        # The config's judge.prices over the built-in table, for usage()'s cost (set by make_judges).
+        self.prices: Mapping[str, Sequence[float]] | None = None
 
     @abc.abstractmethod
     async def _judge_missing(self, prompts: list[str]) -> list[_Reply]:
@@ -448,7 +450,7 @@ class _JudgeBase(abc.ABC):
                                  "cached": u.cached, "retries": u.retries, "failed": u.failed,
                                  "nan": u.nan, "prompt_tokens": u.prompt_tokens,
                                  "completion_tokens": u.completion_tokens}
-        d["est_cost_usd"] = estimate_cost(self.model, d["prompt_tokens"], d["completion_tokens"])
+        d["est_cost_usd"] = estimate_cost(self.model, d["prompt_tokens"], d["completion_tokens"], self.prices)
         return d
 
     def format_usage(self) -> str:

@@ -38,7 +38,7 @@ from emt.core.config import Config
 from emt.core.locks import StepLocks
 from emt.core.logs import setup_logging
 from emt.core.runtime import limit_torch_threads
-from emt.eval.batch_judge import BatchOpenAIJudge, batch_state
+from emt.eval.batch_judge import BatchOpenAIJudge, BatchPending, batch_mode, batch_state
 from emt.eval.capture import StepCapturer
 from emt.eval.generate import Target, adapter_rank, generate_many, make_generator, vllm_engine_args
 from emt.eval.judge import JudgeCache, JudgeIncomplete, LocalJudge, OpenAIJudge, request_tags
@@ -88,6 +88,7 @@ def make_judges(cfg: Config, batch: bool = False) -> list[Any]:
                                timeout_s=cfg.judge.timeout_s, max_retries=cfg.judge.max_retries,
                                cache=cache, name=spec.label, api_key_env=spec.api_key_env,
                                api_key=None if spec.api_key_env else token, **extra))
+            judges[-1].prices = cfg.judge.prices  # the usage line's cost at the config's prices
         else:
             path = resolve_model(cfg, spec.model)
             if spec.local_backend == "vllm":
@@ -191,14 +192,7 @@ class JudgePipeline:
         self._raise()
 
 
-BATCH_DIR = "judge-batches"  # under an eval root: the Batch API judges' ledgers, per checkpoint
-BATCH_WORKERS = 64  # checkpoints whose batches are in flight at once (JudgePipeline workers: threads)
-
-
-def batch_dir(root: Path, name: str) -> Path:
-    """Where a checkpoint's (``step-N``) or the persona vectors' (``persona``) batch ledgers and
-    pending answers live while a Batch API judge scores them; removed once they are scored."""
-    return root / BATCH_DIR / name
+BATCH_WORKERS = 64  # checkpoints whose batches are waited for at once (JudgePipeline workers: threads)
 
 
 def answers_record(traits: Sequence["Trait"], answers: list[list[str]]) -> dict[str, Any]:
@@ -226,7 +220,16 @@ def score_all(judges: Sequence[Any], prompts: list[str]) -> list[list[Any]]:
     """Every judge's judgements of ``prompts``, the judges running concurrently (an API judge's
     requests overlap a local judge's forward passes); the same judgements as one after another."""
     async def gather() -> list[list[Any]]:
-        return list(await asyncio.gather(*(j.ascore(prompts) for j in judges)))
+        # Every judge runs to its end before an error surfaces: a Batch API judge's BatchPending
+        # (its batches submitted, to be harvested later) must not cut the other judges short.
+        out = await asyncio.gather(*(j.ascore(prompts) for j in judges), return_exceptions=True)
+        errors = [r for r in out if isinstance(r, BaseException)]
+        for e in errors:
+            if not isinstance(e, BatchPending):
+                raise e
+        if errors:
+            raise errors[0]
+        return list(out)  # type: ignore[arg-type]
 
     try:
         asyncio.get_running_loop()
@@ -329,9 +332,17 @@ def run_eval_task(task: EvalTask, session: EvalSession | None = None) -> dict[st
     # A step is evaluated only under its lock (another launch of this eval, or the monitor, may be
     # at it): steps held elsewhere are waited for and their results used, never generated twice.
     steplocks = StepLocks(lambda s: paths.eval_step_lock(root, s), lambda s: paths.result_file(root, s).is_file())
-    todo = steplocks.unless_all_busy([s for s in task.steps if not paths.result_file(root, s).is_file()])
+    todo = [s for s in task.steps if not paths.result_file(root, s).is_file()]
+    # Answers already generated and submitted to the Batch API by an earlier try: the harvest
+    # (harvest_run, in the consolidation job) scores them; this GPU task does not wait for them.
+    waiting = set(paths.judge_batch_steps(root)) & set(todo)
+    if waiting:
+        stats["batch_pending"] = sorted(waiting)
+        log.info("%s task %d: %d checkpoint(s) already submitted to the Batch API, left to the harvest",
+                 run.name, task.task, len(waiting))
+    todo = steplocks.unless_all_busy([s for s in todo if s not in waiting])
     if not todo:
-        log.info("%s task %d: all %d checkpoints already scored", run.name, task.task, len(task.steps))
+        log.info("%s task %d: all %d checkpoints already scored or submitted", run.name, task.task, len(task.steps))
         return stats
     available = set(targets(run))
     missing = [s for s in todo if s not in available]
@@ -339,7 +350,7 @@ def run_eval_task(task: EvalTask, session: EvalSession | None = None) -> dict[st
         raise FileNotFoundError(f"{run.path}: no complete checkpoint for steps {missing}")
     own = session is None
     session = open_session(run, todo, session)
-    shard_run = ShardRun(task, session, steplocks, stats)
+    shard_run = ShardRun(task, session, steplocks, stats, wait_batches=False)
     try:
         shard_run.evaluate(todo)
     finally:
@@ -347,6 +358,64 @@ def run_eval_task(task: EvalTask, session: EvalSession | None = None) -> dict[st
         if own:
             session.close()
     shard_run.record_timing(session.startup_s if own else 0.0, time.perf_counter() - t_start)
+    shard_run.raise_if_incomplete()
+    return stats
+
+
+class JudgeSession:
+    """What :class:`ShardRun` needs of an :class:`EvalSession` to judge stored answers: the
+    traits, their conversations and the judges, without a generator (the harvest, on CPU)."""
+
+    def __init__(self, run: "Run") -> None:
+        t0 = time.perf_counter()
+        cfg = run.config
+        self.traits = load_traits(cfg)
+        self.convs = conversations(self.traits)
+        self.judges = make_judges(cfg, batch=True)
+        self.lora = cfg.training.method == "lora"
+        self.rank = 0
+        self.per_call = 1
+        self.gen: Any = None
+        self.capturer: Any = None
+        self.startup_s = time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Nothing to free (no model); for symmetry with :meth:`EvalSession.close`."""
+
+
+def harvest_run(run: "Run", eval_hash: str) -> dict[str, Any]:
+    """Score the checkpoints whose answers wait for Batch API batches: the eval tasks generated
+    them and submitted their judgements (``submit`` mode) without waiting, so the GPU is not
+    held for the hours a batch may take. Here, on CPU and without a model: each checkpoint's
+    batches are waited for (``wait`` mode; ledgers in :func:`emt.core.paths.judge_batch_dir`),
+    harvested into the judge cache and its result written; lines that got no reply are
+    resubmitted up to ``judge.max_retries`` times. Idempotent (a requeued job resumes the same
+    batches); returns at once when nothing waits. Raises JudgeIncomplete naming the checkpoints
+    whose judgements were lost after every retry (their answers are kept: rerun the eval)."""
+    setup_logging()
+    root = eval_root(run, eval_hash)
+    steps = [s for s in paths.judge_batch_steps(root) if not paths.result_file(root, s).is_file()]
+    stats: dict[str, Any] = {"task": "harvest", "steps": steps, "evaluated": [], "generations": 0, "judge_calls": 0}
+    if not steps:
+        return stats
+    session = JudgeSession(run)
+    unreadable = [s for s in steps if results.read_answers(paths.judge_batch_answers(root, s), session.traits) is None]
+    if unreadable:
+        dirs = " ".join(str(paths.judge_batch_dir(root, s)) for s in unreadable)
+        raise ValueError(f"{run.name}: the stored answers of step(s) {unreadable} are unreadable or do not match this "
+                         f"config's traits: delete {dirs} and rerun the evaluation (it generates them again)")
+    log.info("%s: harvesting %d checkpoint(s) from the Batch API (steps %s)", run.name, len(steps),
+             ", ".join(map(str, steps[:10])) + (" ..." if len(steps) > 10 else ""))
+    steplocks = StepLocks(lambda s: paths.eval_step_lock(root, s), lambda s: paths.result_file(root, s).is_file())
+    shard_run = ShardRun(EvalTask(run, tuple(steps), -1, eval_hash), session, steplocks,  # type: ignore[arg-type]
+                         stats, wait_batches=True)
+    try:
+        shard_run.evaluate(steps)
+    finally:
+        steplocks.release_all()
+    for j in session.judges:
+        log.info("judge %s", j.format_usage())
+    stats["usage"] = {j.name: j.usage() for j in session.judges}
     shard_run.raise_if_incomplete()
     return stats
 
@@ -385,7 +454,8 @@ class ShardRun:
     """One run of :func:`run_eval_task` over its shard: the state its steps share (what was
     evaluated, the time spent where, the steps whose judgements were lost) and the steps."""
 
-    def __init__(self, task: EvalTask, session: EvalSession, steplocks: StepLocks, stats: dict[str, Any]) -> None:
+    def __init__(self, task: EvalTask, session: EvalSession, steplocks: StepLocks, stats: dict[str, Any],
+                 wait_batches: bool = True) -> None:
         self.task, self.run, self.cfg = task, task.run, task.run.config
         self.root = eval_root(self.run, task.eval_hash)
         self.session, self.steplocks, self.stats = session, steplocks, stats
@@ -401,8 +471,11 @@ class ShardRun:
         # or set aside) out of this run's todo, timed from the first generation (start-up excluded).
         self.done, self.total, self.t_eval = 0, 0, time.perf_counter()
         # A Batch API judge: its batch ledgers and the answers they judge are kept per checkpoint
-        # (batch_dir), so that a killed or requeued task resumes the same batches with the same answers.
+        # (paths.judge_batch_dir), so that a killed or requeued task resumes the same batches with the same answers.
         self.batch = any(isinstance(j, BatchOpenAIJudge) for j in session.judges)
+        # False in the GPU eval task: a checkpoint's batches are submitted and left running (the
+        # step is "deferred"); the consolidation job's harvest (harvest_run) waits for them.
+        self.wait_batches = wait_batches
 
     def target_for(self, step: int) -> Target:
         """What to generate from for ``step``: the base model, an adapter or a full checkpoint."""
@@ -417,7 +490,7 @@ class ShardRun:
             if s not in self.stored:
                 a = results.read_answers(paths.judge_failed_file(self.root, s), self.session.traits)
                 if a is None and self.batch:  # killed while its batches ran: the answers they judge
-                    a = results.read_answers(batch_dir(self.root, f"step-{s}") / "answers.json", self.session.traits)
+                    a = results.read_answers(paths.judge_batch_answers(self.root, s), self.session.traits)
                 if a is not None:
                     self.stored[s] = a
 
@@ -425,7 +498,7 @@ class ShardRun:
         """Generate and judge every step of ``todo``, round by round of the steps whose lock this task takes."""
         self.load_stored(todo)
         self.done, self.total, self.t_eval = 0, len(todo), time.perf_counter()
-        workers = min(BATCH_WORKERS, max(1, len(todo))) if self.batch else 1
+        workers = min(BATCH_WORKERS, max(1, len(todo))) if self.batch and self.wait_batches else 1
         pipeline = JudgePipeline(self.judge_and_write, threaded=self.cfg.eval.pipeline_judge or self.batch,
                                  depth=max(self.cfg.eval.judge_queue, workers), workers=workers)
         try:
@@ -453,11 +526,11 @@ class ShardRun:
         if capturer is not None and self.cfg.activations.persona and 0 in mine:
             # Before step 0's result exists, so that a complete set of results implies the vectors.
             t0 = time.perf_counter()
-            with batch_state(batch_dir(self.root, "persona") if self.batch else None):
+            # A Batch API judge asks these few prompts synchronously: the vectors are needed now,
+            # on the GPU, and a batch may take hours.
+            with batch_mode("sync"), request_tags(run=self.run.name, stage="persona"):
                 ensure_vectors(self.cfg, self.root, self.session.traits, self.session.gen, self.session.judges[0],
                                capturer)
-            if self.batch:  # harvested: nothing left to resume
-                shutil.rmtree(batch_dir(self.root, "persona"), ignore_errors=True)
             self.timing["persona_s"] = time.perf_counter() - t0
         for step, answers in self.stored.items():
             if step in mine and self.has_activations(step):
@@ -497,16 +570,24 @@ class ShardRun:
         convs = self.session.convs
         trait_prompts = [t.judge_prompt_for(q, a) for (t, q, _), ans in zip(convs, item.answers) for a in ans]
         coh_prompts = [t.coherence_prompt_for(q, a) for (t, q, _), ans in zip(convs, item.answers) for a in ans]
-        pending = batch_dir(self.root, f"step-{item.step}") if self.batch else None
-        if pending is not None and not (pending / "answers.json").is_file():
-            atomic.write_json(pending / "answers.json", answers_record(self.session.traits, item.answers))
-        with request_tags(run=run.name, step=item.step), batch_state(pending):
-            result, calls = score_checkpoint(item.step, self.session.traits, item.answers, self.session.judges,
-                                             trait_prompts, coh_prompts)
+        pending = paths.judge_batch_dir(self.root, item.step) if self.batch else None
+        if pending is not None and not paths.judge_batch_answers(self.root, item.step).is_file():
+            atomic.write_json(paths.judge_batch_answers(self.root, item.step),
+                              answers_record(self.session.traits, item.answers))
+        try:
+            with request_tags(run=run.name, step=item.step), batch_state(pending), \
+                    batch_mode("wait" if self.wait_batches else "submit"):
+                result, calls = score_checkpoint(item.step, self.session.traits, item.answers, self.session.judges,
+                                                 trait_prompts, coh_prompts)
+        except BatchPending as e:
+            self.defer(item.step, e)
+            return
         if pending is not None:
             # Every batch is harvested into the judge cache (scored or set aside below): nothing to resume.
             shutil.rmtree(pending, ignore_errors=True)
         judge_s = time.perf_counter() - t0
+        if self.batch:  # their cost is the Batch API's (emt.eval.consolidate.judge_costs)
+            result["batch_judges"] = [j.name for j in self.session.judges if isinstance(j, BatchOpenAIJudge)]
         result.update(run=run.name, run_hash=run.hash, eval_hash=task.eval_hash,
                       seconds=round(item.gen_seconds + judge_s, 2), gen_seconds=round(item.gen_seconds, 2),
                       judge_seconds=round(judge_s, 2))
@@ -538,6 +619,16 @@ class ShardRun:
             where = self.advance()
         log.warning("%s task %d: step %d NOT scored, %s: %s", self.run.name, self.task.task, step, where,
                     results.failed_summary(result["judge_failed"]))
+
+    def defer(self, step: int, pending: BatchPending) -> None:
+        """A checkpoint whose batches are submitted and still running (``submit`` mode): its
+        answers and ledger stay in its batch dir for the harvest; the step stays unscored."""
+        self.steplocks.release(step)
+        with self.lock:
+            self.stats.setdefault("batch_pending", []).append(step)
+            where = self.advance()
+        log.info("%s task %d: step %d submitted to the Batch API, %s (%s; the consolidation job harvests it)",
+                 self.run.name, self.task.task, step, where, pending)
 
     def advance(self) -> str:
         """Count one more step handed back by the judge (under ``self.lock``); its progress text."""

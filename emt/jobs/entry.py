@@ -17,7 +17,7 @@ from emt.eval.monitor import follow
 from emt.eval.serve import run_server
 from emt.eval.consolidate import consolidate_run
 from emt.eval.plan import EvalTask
-from emt.eval.task import run_eval_task
+from emt.eval.task import harvest_run, run_eval_task
 from emt.sweep.runs import Run
 from emt.train import distributed
 from emt.train.run import train_run
@@ -49,10 +49,13 @@ class EvalJob(submitit.helpers.Checkpointable):
 
 
 class ConsolidateJob(submitit.helpers.Checkpointable):
-    """Consolidation of a run's results into scores.h5 (idempotent: it rewrites the file whole)."""
+    """Consolidation of a run's results into scores.h5 (idempotent: it rewrites the file whole),
+    after harvesting the checkpoints whose judgements the eval tasks left to the Batch API (on
+    CPU; requeued as-is on timeout, it resumes the same batches)."""
 
     def __call__(self, run: Run, eval_hash: str) -> dict[str, Any]:
-        return consolidate_run(run, eval_hash)
+        harvested = harvest_run(run, eval_hash)["evaluated"]
+        return {**consolidate_run(run, eval_hash), "harvested": sorted(harvested)}
 
 
 class MonitorJob(submitit.helpers.Checkpointable):

@@ -12,6 +12,7 @@ Layout (JSON)::
      "traits": {trait: {"question_ids": [q], "questions": [q], "responses": [q][s],
                         "scores" | "coherence": {judge: [q][s] float (NaN = no score)},
                         "raw" | "reason" | "coherence_raw" | "coherence_reason": {judge: [q][s] str}}},
+     "batch_judges": [judge name, ...],   # only when some judged through the Batch API (half price)
      "run", "run_hash", "eval_hash", "seconds", "gen_seconds", "judge_seconds"}
 
 ``raw`` and ``reason`` keep the judge's reply wherever a score is NaN (never a silent 0) and are

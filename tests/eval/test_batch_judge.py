@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from emt.eval.batch_judge import BatchOpenAIJudge, _Line, batch_state
+from emt.eval.batch_judge import BatchOpenAIJudge, BatchPending, _Line, batch_mode, batch_state
 from emt.eval.judge import (
     JudgeCache,
     JudgeIncomplete,
@@ -121,6 +121,44 @@ def test_killed_after_submission_resumes_the_same_batch(tmp_path: Path) -> None:
         sync = sync_judge(url).score(PROMPTS)
         assert all(same(a.score, b.score) for a, b in zip(sync, res))
         assert not list(state.glob("*.json")) and not list(state.glob("*.jsonl"))
+
+
+def test_submit_mode_leaves_the_batch_running_and_wait_mode_harvests_it(tmp_path: Path) -> None:
+    """The GPU eval task's mode: submit, poll once, raise BatchPending (no waiting); a second
+    submit-mode call with the same state creates nothing; wait mode (the harvest) polls the same
+    batch to its end. The scores are the synchronous judge's."""
+    server = JudgeServer(batch_scripts=[BatchScript(polls=10**9)])
+    state = tmp_path / "state"
+    with server as url:
+        cache = JudgeCache(tmp_path / "c.sqlite")
+        with batch_state(state), batch_mode("submit"):
+            with pytest.raises(BatchPending) as info:
+                batch_judge(url, cache).score(PROMPTS)
+            assert info.value.lines == len(PROMPTS) and info.value.batches == 1
+            with pytest.raises(BatchPending):  # a rerun of the task: the same batch, still running
+                batch_judge(url, cache).score(PROMPTS)
+        assert len(server.batches) == 1 and list(state.glob("*.json"))
+        [b] = server.batches.values()
+        b["_script"].polls = 0  # the API finishes it
+        with batch_state(state), batch_mode("wait"):
+            harvester = batch_judge(url, cache)
+            res = harvester.score(PROMPTS)
+        assert len(server.batches) == 1 and harvester.batches_created == 0
+        sync = sync_judge(url).score(PROMPTS)
+        assert all(same(a.score, b.score) for a, b in zip(sync, res))
+        assert not list(state.glob("*.json"))
+
+
+def test_sync_mode_asks_directly_and_no_batch_is_created(tmp_path: Path) -> None:
+    server = JudgeServer()
+    with server as url:
+        with batch_state(tmp_path / "state"), batch_mode("sync"):
+            res = batch_judge(url).score(PROMPTS[:5])
+        assert server.batches == {} and server.total_requests == 5
+        assert all(same(a.score, b.score) for a, b in zip(sync_judge(url).score(PROMPTS[:5]), res))
+    with pytest.raises(ValueError, match="batch mode 'later'"):
+        with batch_mode("later"):
+            pass
 
 
 def test_killed_between_upload_and_create_finds_the_batch(tmp_path: Path) -> None:
@@ -295,7 +333,7 @@ def test_eval_task_killed_after_submission_resumes_the_same_batch(tmp_path: Path
     import time
 
     from emt.core import paths
-    from emt.eval.task import batch_dir, make_judges
+    from emt.eval.task import make_judges
 
     server = JudgeServer(batch_scripts=[BatchScript(polls=10**9)])
     with server as url:
@@ -306,7 +344,7 @@ def test_eval_task_killed_after_submission_resumes_the_same_batch(tmp_path: Path
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
         child = subprocess.Popen([sys.executable, "-c", _TASK_CHILD, str(tmp_path), url, json.dumps(answers)],
                                  env=env, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        pending = batch_dir(shard.root, "step-2")  # type: ignore[attr-defined]
+        pending = paths.judge_batch_dir(shard.root, 2)  # type: ignore[attr-defined]
         deadline = time.monotonic() + 120
         try:
             while not (list(pending.glob("*.json")) and server.batches and any(
@@ -341,6 +379,57 @@ def test_eval_task_killed_after_submission_resumes_the_same_batch(tmp_path: Path
         got = [x for t in traits for row in result["traits"][t.name]["scores"]["gpt-4.1-mini"] for x in row]
         assert len(got) == len(sync)
         assert all(same(float("nan") if g is None else g, s.score) for g, s in zip(got, sync))
+
+
+def test_eval_task_defers_to_the_harvest_which_scores_on_cpu(tmp_path: Path) -> None:
+    """ShardRun in the GPU task's mode (wait_batches=False) submits step 2's batch and defers the
+    step (no result, answers and ledger kept, lock released); harvest_run then scores it without a
+    model, marks the result's judge as a Batch API one, and leaves nothing to resume."""
+    from emt.core import paths
+    from emt.eval.task import harvest_run
+
+    server = JudgeServer(batch_scripts=[BatchScript(polls=10**9)])
+    with server as url:
+        shard = shard_for(tmp_path, url)
+        shard.wait_batches = False  # type: ignore[attr-defined]
+        n = len(shard.session.convs)  # type: ignore[attr-defined]
+        answers = [[f"answer {k} to question {i}" for k in range(2)] for i in range(n)]
+        from emt.eval.task import Generated
+        shard.judge_and_write(Generated(2, answers, 0.0))  # type: ignore[attr-defined]
+        root = shard.root  # type: ignore[attr-defined]
+        assert shard.stats["batch_pending"] == [2] and shard.stats["evaluated"] == []  # type: ignore[attr-defined]
+        assert not paths.result_file(root, 2).exists()
+        assert paths.judge_batch_steps(root) == [2] and len(server.batches) == 1
+        [b] = server.batches.values()
+        b["_script"].polls = 2  # the API finishes after two more polls
+        stats = harvest_run(shard.run, shard.task.eval_hash)  # type: ignore[attr-defined]
+        assert stats["evaluated"] == [2] and len(server.batches) == 1
+        result = json.loads(paths.result_file(root, 2).read_text())
+        assert result["batch_judges"] == ["gpt-4.1-mini"] and not result.get("judge_failed")
+        assert result["traits"]["evil"]["responses"][0] == answers[0]
+        assert paths.judge_batch_steps(root) == [] and not paths.judge_batch_dir(root, 2).exists()
+        assert harvest_run(shard.run, shard.task.eval_hash)["evaluated"] == []  # type: ignore[attr-defined]
+        # The usage line and the tracker's per-checkpoint cost use the Batch price (half).
+        from emt.eval.consolidate import judge_costs
+        cost = judge_costs(shard.run, [paths.result_file(root, 2)])[2]["gpt-4.1-mini"]  # type: ignore[attr-defined]
+        result["batch_judges"] = []
+        plain = root / "plain.json"
+        plain.write_text(json.dumps(result))
+        full = judge_costs(shard.run, [plain])[2]["gpt-4.1-mini"]  # type: ignore[attr-defined]
+        assert cost == pytest.approx(full / 2)
+
+
+def test_harvest_names_unreadable_answers(tmp_path: Path) -> None:
+    from emt.core import paths
+    from emt.eval.task import harvest_run
+
+    with JudgeServer() as url:
+        shard = shard_for(tmp_path, url)
+        bad = paths.judge_batch_answers(shard.root, 4)  # type: ignore[attr-defined]
+        bad.parent.mkdir(parents=True)
+        bad.write_text("{not json")
+        with pytest.raises(ValueError, match=r"step\(s\) \[4\].*delete .*step-4 and rerun"):
+            harvest_run(shard.run, shard.task.eval_hash)  # type: ignore[attr-defined]
 
 
 def test_pipeline_workers_judge_checkpoints_at_once() -> None:
@@ -387,3 +476,4 @@ def test_unknown_batch_or_no_batch_api_is_one_line(tmp_path: Path) -> None:
             judge.score(PROMPTS[:2])
     msg = str(e.value)
     assert "\n" not in msg and "http 404" in msg and "no Batch API" in msg and "batch: false" in msg
+    assert f"a ledger in {state} recorded under another server or account" in msg and "delete that folder" in msg

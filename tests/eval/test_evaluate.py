@@ -17,7 +17,7 @@ from tests.conftest import DEBUG_CONFIG, REPO, debug_overrides, launch_cmd
 
 from emt.core import paths
 from emt.eval.plan import shard
-from tests.fakes.judge_server import Fault, JudgeServer
+from tests.fakes.judge_server import Fault, JudgeServer, hash_responder
 
 EVAL = [sys.executable, str(REPO / "launch" / "eval_array.py"), "--config", str(DEBUG_CONFIG)]
 SMALL = ["eval.questions_per_trait=3", "eval.samples_per_question=2", "eval.max_new_tokens=12"]
@@ -224,6 +224,49 @@ def test_judge_down_then_back_up_rerun_asks_exactly_the_failed_prompts(trained: 
         assert all(a == "Bearer EMPTY" for a in server.auth_headers())
     table = format_table(collect(cfg, build_sweep(cfg, "all", runs=["medical_mild"])))
     assert "judge failed" not in table
+
+
+def test_batch_judge_the_eval_tasks_submit_and_consolidation_harvests(trained: Path) -> None:
+    """A Batch API judge through the launcher: the eval tasks (the GPU jobs on a cluster) generate
+    and submit each checkpoint's batch without waiting for it; the consolidation job (CPU)
+    waits for the batches, writes the results and consolidates. No request goes to the
+    synchronous endpoint; a rerun finds the scores up to date and submits nothing."""
+    from emt.core.config import load_config
+    from emt.eval.plan import eval_hash
+    from emt.store.scores import load
+
+    sync_tags: list[dict[str, str]] = []
+
+    def responder(prompt: str, tags: dict[str, str]) -> dict[str, float]:
+        if tags:  # a synchronous request (batch lines carry no headers)
+            sync_tags.append(dict(tags))
+        return hash_responder(prompt)
+
+    server = JudgeServer(responder)  # each batch answers "validating" / "in_progress" 3 times, then completes
+    with server as url:
+        # A model name of its own, so the shared judge cache of the module's output root has none of it.
+        spec = [{"backend": "openai", "model": "gpt-4.1-mini-batch-e2e", "base_url": url, "batch": True}]
+        ov = [f"judge.judges={json.dumps(spec)}", "judge.batch_poll_s=0.05"]
+        res = evaluate(trained, *ov)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+        assert "4 checkpoint(s) submitted to the Batch API (consolidation harvests them)" in res.stdout, res.stdout
+        assert "(4 harvested from the Batch API)" in res.stdout, res.stdout
+        assert len(server.batches) == 4 and all(b["status"] == "completed" for b in server.batches.values())
+        # Every checkpoint's judgement went through a batch; only the persona vectors' few were
+        # asked synchronously (the GPU task needs them at once): requests tagged with no step.
+        assert sync_tags and all(t == {"run": "medical_mild", "stage": "persona"} for t in sync_tags), sync_tags[:3]
+        assert sum(server.prompt_counts().values()) == len(sync_tags) and sum(server.batch_line_counts.values())
+        cfg = load_config(DEBUG_CONFIG, [*ov, *debug_overrides(trained, 6), *SMALL])
+        root = paths.eval_dir(run_dir(trained), eval_hash(cfg))
+        assert paths.judge_batch_steps(root) == []
+        for step in (0, 2, 4, 6):
+            assert json.loads(paths.result_file(root, step).read_text())["batch_judges"] == ["gpt-4.1-mini-batch-e2e"]
+        d = load(paths.scores_file(run_dir(trained)))
+        assert d["attrs"]["default_judge"] == "gpt-4.1-mini-batch-e2e"
+        assert list(d["steps"]) == [0, 2, 4, 6]
+        again = evaluate(trained, *ov)
+        assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr[-2000:]
+        assert len(server.batches) == 4
 
 
 def test_judge_refusing_connections_stops_the_task_in_one_line(trained: Path) -> None:
