@@ -15,8 +15,8 @@ Semantics (``judge.judges[i].batch: true``):
   :data:`BATCH_MAX_BYTES` of JSONL are split into several batches.
 - Resume: every batch is recorded in a ledger (``<state dir>/<judge>.json``, written atomically
   after the upload and again after the batch is created) before it is waited for. The eval task
-  puts the state dir next to its results (``<eval root>/judge-batches/step-N/``, see
-  :func:`batch_state`), so a rerun or a requeued task finds the ledger and polls the same batch
+  puts the state dir next to its results (``<eval root>/judge-batches/step-N/``,
+  :func:`emt.core.paths.judge_batch_dir`; see :func:`batch_state`), so a rerun or a requeued task finds the ledger and polls the same batch
   instead of paying twice; an upload whose batch id was not recorded yet (killed in between) is
   matched against the account's batches by input file before a new batch is created. Without a
   state dir the ledger lives in memory only (no resume).
@@ -32,6 +32,10 @@ Semantics (``judge.judges[i].batch: true``):
 - A batch that fails entirely (``failed``: the input did not validate, a wrong model or endpoint)
   raises :class:`~emt.eval.judge.JudgeUnavailable` with one line naming the judge, the batch and
   the API's errors; it leaves the ledger, so a rerun after the fix submits afresh.
+- Modes (:func:`batch_mode`): the GPU eval task submits and does not wait (``submit``: the
+  checkpoint is deferred with :class:`BatchPending`, its answers and ledger kept); the
+  consolidation job waits and harvests (``wait``, :func:`emt.eval.task.harvest_run`); the persona
+  vectors' few judgements, needed at once on the GPU, are asked synchronously (``sync``).
 - Polling: ``batches.retrieve`` every ``poll_s`` seconds; transport errors while polling are
   retried ``max_retries`` times, then :class:`~emt.eval.judge.JudgeIncomplete` (the ledger is
   kept: a rerun resumes).

@@ -11,10 +11,11 @@ what is missing; when nothing is missing it loads no model and calls no judge. C
 
 Within a task, one generator (one vLLM engine) serves every checkpoint of the shard
 (:class:`EvalSession`), and the judges run behind it (:class:`JudgePipeline`): checkpoint i is
-scored while checkpoint i+1 generates, with the same results as scoring in line. A Batch API
-judge (``judge.judges[].batch``, :mod:`emt.eval.batch_judge`) has every checkpoint's batches in
-flight at once, and keeps their ids and the answers they judge in ``judge-batches/step-N/`` until
-the checkpoint is scored, so that a killed or requeued task resumes them instead of paying twice.
+scored while checkpoint i+1 generates, with the same results as scoring in line. With a Batch
+API judge (``judge.judges[].batch``, :mod:`emt.eval.batch_judge`) the task submits each
+checkpoint's batches and moves on (the checkpoint is deferred; its answers and batch ids stay in
+``judge-batches/step-N/``); :func:`harvest_run`, in the consolidation job on CPU, waits for them
+and writes the results, so no GPU waits on a batch and nothing is paid twice.
 """
 
 from __future__ import annotations

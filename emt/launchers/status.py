@@ -42,6 +42,7 @@ class RunStatus:
     alerts: list[str] = field(default_factory=list)  # "evil@120 stop" per monitor alert
     monitor_job: str = "-"
     judge_failed: dict[int, str] = field(default_factory=dict)  # step -> what the judge lost (not scored)
+    batch_waiting: list[int] = field(default_factory=list)  # steps submitted to the Batch API, not harvested yet
 
 
 def _job_state(mode: str, folder: str, job_id: str, slurm: dict[str, str]) -> str:
@@ -115,7 +116,8 @@ def collect(cfg: Config, runs: Sequence[Run]) -> list[RunStatus]:
                         if s not in done and paths.judge_failed_file(root, s).is_file()}
         out.append(RunStatus(run, state, train_job, ckpts[-1][0] if ckpts else 0, planned.get(run.name), n,
                              scored, len(tgt), eval_jobs, consolidated, failed, latest, done[-1] if done else None,
-                             _alerts(run), monitor_job, judge_failed))
+                             _alerts(run), monitor_job, judge_failed,
+                             [s for s in paths.judge_batch_steps(root) if s not in done]))
     return out
 
 
@@ -165,13 +167,20 @@ def format_table(rows: Sequence[RunStatus]) -> str:
     for r in rows:
         step = f"{r.step}/{r.planned_steps if r.planned_steps is not None else '?'}"
         latest = (f"@{r.latest_step} " + " ".join(f"{_abbrev(t)} {v:.0f}" for t, v in r.latest.items())) if r.latest else "-"
-        scored = f"{r.scored}/{r.targets}" + ("!" if r.judge_failed else "")
+        scored = f"{r.scored}/{r.targets}" + ("!" if r.judge_failed else "+" if r.batch_waiting else "")
         lines.append(f"{r.run.name:<{w}}{r.train:<10}{r.train_job:<22}{step:>11}{r.checkpoints:>7}"
                      f"{scored:>9}  {r.eval_jobs:<26}{r.consolidated:<6}{latest:<28}"
                      f"{', '.join(r.alerts) or '-':<20}")
     monitors = [f"  {r.run.name}: monitor job {r.monitor_job}" for r in rows if r.monitor_job != "-"]
     if monitors:
         lines += ["", "Monitor jobs:"] + monitors
+    waiting = [r for r in rows if r.batch_waiting]
+    if waiting:
+        # "+" after scored: answers generated, their judgements in Batch API batches.
+        lines += ["", "Waiting for the Batch API (the run's consolidation job harvests them; rerun "
+                      "launch/eval_array.py --run NAME if it is not running):"]
+        lines += [f"  {r.run.name}: {len(r.batch_waiting)} checkpoint(s), steps {r.batch_waiting[:10]}"
+                  + (" ..." if len(r.batch_waiting) > 10 else "") for r in waiting]
     judge = [r for r in rows if r.judge_failed]
     if judge:
         # Not scored: the judge lost these checkpoints' judgements (down, refusing, garbling).
@@ -202,6 +211,7 @@ def row_json(r: RunStatus) -> dict[str, Any]:
         "latest": {t: _finite(float(v)) for t, v in r.latest.items()},
         "alerts": list(r.alerts), "monitor_job": r.monitor_job, "failed_logs": list(r.failed_logs),
         "judge_failed": {str(step): what for step, what in sorted(r.judge_failed.items())},
+        "batch_waiting": list(r.batch_waiting),
     }
 
 

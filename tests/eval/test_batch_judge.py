@@ -400,6 +400,11 @@ def test_eval_task_defers_to_the_harvest_which_scores_on_cpu(tmp_path: Path) -> 
         assert shard.stats["batch_pending"] == [2] and shard.stats["evaluated"] == []  # type: ignore[attr-defined]
         assert not paths.result_file(root, 2).exists()
         assert paths.judge_batch_steps(root) == [2] and len(server.batches) == 1
+        # status shows the step as waiting for the Batch API (table and --json).
+        from emt.launchers.status import collect, format_table, row_json
+        [row] = collect(shard.cfg, [shard.run])  # type: ignore[attr-defined]
+        assert row.batch_waiting == [2] and row_json(row)["batch_waiting"] == [2]
+        assert "medical_mild: 1 checkpoint(s), steps [2]" in format_table([row])
         [b] = server.batches.values()
         b["_script"].polls = 2  # the API finishes after two more polls
         stats = harvest_run(shard.run, shard.task.eval_hash)  # type: ignore[attr-defined]
