@@ -177,15 +177,22 @@ class BatchOpenAIJudge(OpenAIJudge):
         self.max_requests = max_requests
         self.max_bytes = max_bytes
         self.batches_created = 0
+        self._sync_tokens = [0, 0]  # prompt, completion tokens of the calls asked synchronously (sync mode)
+
+    def _reset_usage(self) -> None:
+        self._sync_tokens = [0, 0]
 
     def __repr__(self) -> str:
         return "Batch" + super().__repr__()[:-1] + f", poll_s={self.poll_s})"
 
     def usage(self) -> dict[str, Any]:
-        """As :meth:`OpenAIJudge.usage`, priced at the Batch API's price; ``batch: True``."""
+        """As :meth:`OpenAIJudge.usage`, priced at the Batch API's price (the calls asked in
+        ``sync`` mode at the standard price); ``batch: True``."""
         d = super().usage()
-        d["est_cost_usd"] = estimate_cost(self.model, d["prompt_tokens"], d["completion_tokens"], self.prices,
-                                          batch=True)
+        sp, sc = self._sync_tokens
+        batch = estimate_cost(self.model, d["prompt_tokens"] - sp, d["completion_tokens"] - sc, self.prices, batch=True)
+        sync = estimate_cost(self.model, sp, sc, self.prices)
+        d["est_cost_usd"] = None if batch is None or sync is None else batch + sync
         d["batch"] = True
         return d
 
@@ -206,7 +213,15 @@ class BatchOpenAIJudge(OpenAIJudge):
     async def _judge_missing(self, prompts: list[str]) -> list[_Reply]:
         mode = _MODE.get()
         if mode == "sync":
-            return await super()._judge_missing(prompts)
+            # Priced at the standard price in usage(): the tokens these calls add are kept apart.
+            with self._usage.lock:
+                before = (self._usage.prompt_tokens, self._usage.completion_tokens)
+            try:
+                return await super()._judge_missing(prompts)
+            finally:
+                with self._usage.lock:
+                    self._sync_tokens[0] += self._usage.prompt_tokens - before[0]
+                    self._sync_tokens[1] += self._usage.completion_tokens - before[1]
         wait = mode == "wait"
         state = await self._acquire_state()
         try:

@@ -385,6 +385,10 @@ class _JudgeBase(abc.ABC):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._usage = _Usage()
+        self._reset_usage()
+
+    def _reset_usage(self) -> None:
+        """Hook: a subclass's own counters start afresh with ``_usage`` (after unpickling)."""
 
     def score(self, prompts: Sequence[str]) -> list[Judgement]:
         """Judge ``prompts`` (in order); per-request failures become NaN judgements."""

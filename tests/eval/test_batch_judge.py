@@ -293,7 +293,7 @@ shard.judge_and_write(Generated(2, answers, 0.0))
 '''
 
 
-def shard_for(root: Path, url: str) -> object:
+def shard_for(root: Path, url: str, *overrides: str) -> object:
     """A ShardRun of the debug config's medical_mild run whose session has the configured judges
     (a batch judge on ``url``) and no generator: stored answers are all it can judge."""
     from emt.core import paths
@@ -307,7 +307,8 @@ def shard_for(root: Path, url: str) -> object:
                           "api_key_env": "OPENAI_API_KEY", "batch": True}])
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "debug.yaml", [
         f"cluster.output_root={root}", "eval.questions_per_trait=2", "eval.samples_per_question=2",
-        "activations.layers=[]", f"judge.judges={judges}", "judge.batch_poll_s=0.01", "judge.max_retries=1"])
+        "activations.layers=[]", f"judge.judges={judges}", "judge.batch_poll_s=0.01", "judge.max_retries=1",
+        *overrides])
     run = build_sweep(cfg, "all", runs=["medical_mild"])[0]
     ehash = eval_hash(cfg)
     er = eval_root(run, ehash)
@@ -482,3 +483,31 @@ def test_unknown_batch_or_no_batch_api_is_one_line(tmp_path: Path) -> None:
     msg = str(e.value)
     assert "\n" not in msg and "http 404" in msg and "no Batch API" in msg and "batch: false" in msg
     assert f"a ledger in {state} recorded under another server or account" in msg and "delete that folder" in msg
+
+
+def test_usage_line_prices_at_the_config_prices(tmp_path: Path) -> None:
+    """make_judges hands judge.prices to every judge: the post-run usage line (and the task's
+    usage record) cost the tokens at the config's prices, the Batch judge at half of them."""
+    from emt.eval.task import make_judges
+
+    with JudgeServer() as url:
+        shard = shard_for(tmp_path, url, "judge.prices={gpt-4.1-mini: [10.0, 40.0]}")
+        [judge] = shard.session.judges  # type: ignore[attr-defined]
+        assert judge.prices == {"gpt-4.1-mini": (10.0, 40.0)}
+        [sync] = make_judges(shard.cfg)  # type: ignore[attr-defined]
+        judge.score(PROMPTS[:4])  # through a batch
+        sync.score(PROMPTS[4:8])
+        for j, factor in ((judge, 0.5), (sync, 1.0)):
+            u = j.usage()
+            assert u["prompt_tokens"] > 0
+            expected = factor * (u["prompt_tokens"] * 10.0 + u["completion_tokens"] * 40.0) / 1e6
+            assert u["est_cost_usd"] == pytest.approx(expected)
+            assert f"est. ${expected:,.4f}" in j.format_usage()
+        # The batch judge's synchronous calls (sync mode: the persona vectors') at the full price.
+        before = judge.usage()
+        with batch_mode("sync"):
+            judge.score(PROMPTS[8:12])
+        after = judge.usage()
+        added = (after["prompt_tokens"] - before["prompt_tokens"]) * 10.0 + \
+            (after["completion_tokens"] - before["completion_tokens"]) * 40.0
+        assert added > 0 and after["est_cost_usd"] - before["est_cost_usd"] == pytest.approx(added / 1e6)
