@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.emt-installed
 # deepspeed: full fine-tuning (ZeRO-2/3) tests run for real on CPU. It builds from source in
 # seconds (no ops are compiled at install; emt avoids the ones that would compile at run time).
-EXTRAS := train,deepspeed,judge,store,plot,analysis,dev
+# track: wandb too, so its offline tests run (tests/store/test_tracker.py).
+EXTRAS := train,deepspeed,track,judge,store,plot,analysis,dev
 
 .PHONY: install demo test clean check-cuda
 

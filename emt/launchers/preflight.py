@@ -23,6 +23,7 @@ from emt.eval.serve import endpoint_state
 from emt.eval.plan import judge_key_envs, judge_needs_key, load_traits
 from emt.eval.task import SERVE_PREFIX
 from emt.jobs.slurm import sbatch_available
+from emt.store import tracker
 from emt.sweep.data import DataError, read_chat_jsonl
 from emt.sweep.runs import Run, data_root
 
@@ -127,6 +128,8 @@ def preflight(cfg: Config, runs: Sequence[Run], mode: str, dry_run: bool = False
     problems += data_problems(cfg, runs, builtin_blocked=bool(root_problems))
     problems += root_problems
     problems += model_problems(cfg)
+    # The trackers' packages, here rather than in the job after hours in the queue (tracker.require there).
+    problems += tracker.missing(cfg.training.report_to)
     if cfg.training.deepspeed:
         problems += deepspeed_launch_problems(cfg)
     return problems

@@ -94,17 +94,34 @@ def add_judge_costs(scalars: dict[int, dict[str, float]], costs: Mapping[int, Ma
         scalars[s]["eval/judge_cost_usd"] = float(sum(per_judge.values()))
 
 
-def require(report_to: Sequence[str]) -> None:
-    """TrackerError naming the package to install when a selected tracker cannot be imported."""
+TRACK_EXTRA = "track"  # setup.cfg's extra holding every tracker's package
+# The modules each tracker can write with (found, not imported: an import costs seconds).
+_TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+def missing(report_to: Sequence[str]) -> list[str]:
+    """One problem per tracker of ``report_to`` whose package is not installed here, naming the
+    config key, the tracker and the fix; [] when every selected tracker can be written.
+
+    Shared by :func:`require` (a job, before training or logging) and the launchers' pre-flight
+    (before anything is submitted)."""
     import importlib.util
 
-    if "tensorboard" in report_to and importlib.util.find_spec("tensorboard") is None \
-            and importlib.util.find_spec("tensorboardX") is None:
-        raise TrackerError("training.report_to includes tensorboard but the tensorboard package is not installed: "
-                           "pip install tensorboard (it is in emt's 'train' extra), or drop it from training.report_to")
-    if "wandb" in report_to and importlib.util.find_spec("wandb") is None:
-        raise TrackerError("training.report_to includes wandb but the wandb package is not installed: "
-                           "pip install wandb, or drop it from training.report_to")
+    problems = []
+    for name in report_to:
+        modules = _TRACKER_MODULES.get(name, ())
+        if modules and all(importlib.util.find_spec(m) is None for m in modules):
+            problems.append(f"training.report_to includes {name}, but the {name} package is not installed in this "
+                            f"environment: pip install 'emt[{TRACK_EXTRA}]' (or pip install {name}), "
+                            f"or drop {name} from training.report_to")
+    return problems
+
+
+def require(report_to: Sequence[str]) -> None:
+    """TrackerError naming the package to install when a selected tracker cannot be imported (:func:`missing`)."""
+    problems = missing(report_to)
+    if problems:
+        raise TrackerError("; ".join(problems))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ TensorBoard's own reader, idempotent rewrites, the trainer's environment, and th
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import numpy as np
@@ -91,10 +92,11 @@ def test_missing_package_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("tensorboard", "tensorboardX", "wandb") else real(name, *a))
-    with pytest.raises(tracker.TrackerError, match="pip install tensorboard"):
+    with pytest.raises(tracker.TrackerError, match=r"report_to includes tensorboard, .*pip install 'emt\[track\]'"):
         tracker.log_eval(tmp_path, "r", ["tensorboard"], {0: {"eval/x/score": 1.0}})
-    with pytest.raises(tracker.TrackerError, match="pip install wandb"):
+    with pytest.raises(tracker.TrackerError, match=r"report_to includes wandb, .*pip install 'emt\[track\]'"):
         tracker.require(["wandb"])
+    assert len(tracker.missing(["tensorboard", "wandb"])) == 2  # both named at once (the launchers' pre-flight)
     tracker.require([])  # nothing selected: nothing needed
 
 
@@ -135,13 +137,12 @@ def test_report_to_config_key_is_validated_and_not_in_the_run_hash(tmp_path: Pat
 
 def test_wandb_offline_logs_each_step_once_into_the_stored_run(
         synthetic: tuple[Path, dict[int, dict[str, float]]], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real wandb client in offline mode (not in emt's extras: skipped where it is not installed)."""
-    pytest.importorskip("wandb")
+    """The real wandb client in offline mode (the track extra: skipped where it is not installed, a failure in CI)."""
+    require("wandb", "in the track extra: `make install` has it")
     from tests.fakes.wandb_records import records
 
     rdir, scalars = synthetic
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
+    _wandb_offline(monkeypatch, rdir.parent)
     stored = tracker.wandb_run(rdir, rdir.name)  # what training (trainer_env) created
     early = {s: v for s, v in scalars.items() if s <= 6}
     assert tracker.log_eval(rdir, rdir.name, ["wandb"], early) == ["wandb"]
@@ -157,3 +158,59 @@ def test_wandb_offline_logs_each_step_once_into_the_stored_run(
     for r in rows:
         for tag, v in scalars[r[tracker.STEP_METRIC]].items():
             assert r[tag] == pytest.approx(v)
+
+
+def _wandb_offline(monkeypatch: pytest.MonkeyPatch, scratch: Path) -> None:
+    """wandb offline and quiet, its settings and caches in ``scratch`` (children inherit this)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(scratch / "wandb-home" / var.lower()))
+    for var in ("WANDB_RUN_ID", "WANDB_DIR", "WANDB_PROJECT", "WANDB_RESUME", "WANDB_LOG_MODEL"):
+        monkeypatch.delenv(var, raising=False)  # the run's own come from tracker.trainer_env
+    # wandb in this process (an earlier test) exports its service's address, and children would
+    # join it; a training job and a consolidation job each start their own.
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
+@pytest.mark.slow
+def test_tiny_training_and_its_eval_log_into_one_wandb_run(out_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes, one wandb run: a real (tiny) training run with training.report_to=[wandb]
+    (transformers' WandbCallback, pointed by tracker.trainer_env at the run's stored id), then the
+    consolidation's tracker.log_eval in this process. Both offline run files are read back: the
+    trainer's losses and the eval scalars sit under the same run id, at the same training steps."""
+    import subprocess
+
+    from tests.conftest import REPO, debug_overrides, launch_cmd
+    from tests.fakes.wandb_records import records
+
+    require("wandb", "in the track extra: `make install` has it")
+    _wandb_offline(monkeypatch, out_root.parent)
+    res = subprocess.run(launch_cmd("--local", "--runs", "medical_mild", *debug_overrides(out_root, 4),
+                                    "training.report_to=[wandb]"),
+                         capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    [rdir] = out_root.glob("runs/medical_mild-*")
+    stored = tracker.wandb_run(rdir, rdir.name)  # created by the training job (trainer_env)
+    assert stored["id"].startswith(rdir.name + "-") and stored["project"] == tracker.DEFAULT_WANDB_PROJECT
+    [train_file] = paths.wandb_dir(rdir).rglob("run-*.wandb")
+
+    steps = [0] + [s for s, _ in paths.complete_checkpoints(rdir)]
+    assert steps == [0, 2, 4]
+    scalars = {s: {"eval/evil/score": 10.0 + s, "eval/evil/coherence": 90.0 - s} for s in steps}
+    assert tracker.log_eval(rdir, rdir.name, ["wandb"], scalars) == ["wandb"]
+    [eval_file] = [f for f in paths.wandb_dir(rdir).rglob("run-*.wandb") if f != train_file]
+
+    train, ev = records(train_file), records(eval_file)
+    for recs in (train, ev):  # one run, resumed: both processes wrote under the stored id and project
+        assert {(m.run_id, m.project) for k, m in recs if k == "run"} == {(stored["id"], stored["project"])}
+        assert [k for k, _ in recs if k == "exit"] == ["exit"]  # each process closed the run it wrote
+    rows = [m for k, m in train if k == "history"]
+    loss = [r[tracker.STEP_METRIC] for r in rows if "train/loss" in r]
+    assert loss == [1, 2, 3, 4]  # the trainer's per-step loss (logging_steps=1)
+    assert all(math.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
+    assert [r[tracker.STEP_METRIC] for r in rows if "eval/loss" in r] == [0, 2, 4]  # held-out loss per checkpoint
+    rows = [m for k, m in ev if k == "history"]
+    assert [r[tracker.STEP_METRIC] for r in rows] == steps  # the eval scalars at the same training steps
+    for r in rows:
+        assert {k: v for k, v in r.items() if k.startswith("eval/")} == scalars[r[tracker.STEP_METRIC]]
