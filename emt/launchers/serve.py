@@ -21,6 +21,7 @@ from emt.core.records import cancel_job, record_submission, submission_active
 from emt.eval.serve import endpoint_state, healthy, read_endpoint, run_server, serve_command
 from emt.jobs.slurm import submit_serve
 from emt.launchers.preflight import PreflightError, check_output_root, resolve_wait, scheduler_problems
+from emt.launchers.running import stop_with_launcher, watch
 from emt.sweep.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,11 @@ def judge_serve(
     if not resolve_wait(wait, mode):
         print(f"{name}: judges with base_url serve:{name} find it through {endpoint} once it answers")
         return 0
-    return wait_until_serving(root, spec, job, wait_s if wait_s is not None else spec.startup_timeout_s)
+    # While this waits for it to answer, a local server stops with the launcher (Ctrl-C, SIGTERM);
+    # once it answers it outlives the launcher, until --stop.
+    with stop_with_launcher(mode):
+        watch(f"{name} server", job)
+        return wait_until_serving(root, spec, job, wait_s if wait_s is not None else spec.startup_timeout_s)
 
 
 def serve_launch_problems(cfg: Config, spec: ServeSpec, mode: str, dry_run: bool, in_job: bool) -> list[str]:
