@@ -5,6 +5,7 @@
     python launch/eval_array.py --run medical_mild --tasks auto --dry-run   # array size, with the arithmetic
     python launch/eval_array.py --config configs/debug.yaml --run medical_mild --local
     python launch/eval_array.py --run medical_mild --dry-run       # what is scored, what is left
+    python launch/eval_array.py --all --dry-run --json             # the same and its cost, as JSON on stdout
     python launch/eval_array.py --run medical_mild --follow        # a monitor job: score checkpoints while
                                                                    # training runs, alert/stop (monitor.*)
 

@@ -3,6 +3,7 @@
     python launch/train.py --sweep all                         # the study, on SLURM
     python launch/train.py --config configs/debug.yaml --local # tiny model, this machine
     python launch/train.py --sweep medical --dry-run           # print the plan only
+    python launch/train.py --sweep medical --dry-run --json    # the plan and its cost as one JSON document
     python launch/train.py training.learning_rate=2e-5 --runs medical_mild
 """
 

@@ -136,10 +136,13 @@ def submit_eval_array(
 
 
 def submit_consolidate(
-    run: Run, eval_hash: str, cluster: ClusterConfig, mode: str, folder: Path, after: list[submitit.Job] | None = None
+    run: Run, eval_hash: str, cluster: ClusterConfig, mode: str, folder: Path, after: list[submitit.Job] | None = None,
+    time_min: int | None = None,
 ) -> submitit.Job:
-    """The consolidation job; on SLURM it starts only if every task of ``after`` succeeded (afterok)."""
-    ex = make_executor("consolidate", cluster, mode, folder, f"emt-consolidate-{run.name}")
+    """The consolidation job; on SLURM it starts only if every task of ``after`` succeeded (afterok).
+    ``time_min``: a longer time limit than ``cluster.consolidate``'s (it waits for Batch API batches)."""
+    res = dataclasses.replace(cluster.consolidate, time_min=max(cluster.consolidate.time_min, time_min or 0))
+    ex = make_executor("consolidate", cluster, mode, folder, f"emt-consolidate-{run.name}", resources=res)
     if mode == "slurm" and after:
         # An array's tasks share one id before the underscore; afterok on it waits for all.
         array_ids = sorted({str(j.job_id).split("_")[0] for j in after})

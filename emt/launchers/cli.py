@@ -1,9 +1,12 @@
-"""Arguments every launcher shares: config, cluster profile, overrides, seeds."""
+"""Arguments every launcher shares: config, cluster profile, overrides, seeds, mode, --json."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from pathlib import Path
+from typing import Iterator, TextIO
 
 from emt.core import paths
 
@@ -55,3 +58,22 @@ def add_mode(ap: argparse.ArgumentParser) -> None:
 
 def mode_of(args: argparse.Namespace) -> str:
     return "local" if args.local else "debug" if args.debug else "slurm"
+
+
+def add_json(ap: argparse.ArgumentParser, what: str, needs_dry_run: bool = False) -> None:
+    """--json: ``what`` as one JSON document on stdout (``needs_dry_run``: only with --dry-run)."""
+    ap.add_argument("--json", action="store_true",
+                    help=("with --dry-run, " if needs_dry_run else "") +
+                         f"{what} as one JSON document on stdout; everything else goes to stderr")
+
+
+@contextlib.contextmanager
+def json_stdout(on: bool) -> Iterator[TextIO | None]:
+    """With ``on`` (--json): the real stdout, for the JSON document alone, while every other
+    print goes to stderr, so that stdout always parses; without it, None and stdout unchanged."""
+    if not on:
+        yield None
+        return
+    out = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        yield out

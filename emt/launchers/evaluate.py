@@ -3,9 +3,10 @@ follow running trainings with a monitor job, or run one stage of the array insid
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TextIO
 
 from emt.core import paths
 from emt.core.config import Config, load_config
@@ -16,12 +17,13 @@ from emt.eval.monitor import training_finished
 from emt.eval.consolidate import consolidate_run, scores_up_to_date
 from emt.eval.plan import (EvalTask, eval_hash, eval_root, load_traits, measured_costs, pending_steps, shard, size_array,
                            targets)
-from emt.eval.task import run_eval_task
+from emt.eval.task import harvest_run, run_eval_task
 from emt.jobs.slurm import submit_consolidate, submit_eval_array, submit_monitor, wait_all
-from emt.launchers.cost import RunWork, format_costs, measured_for_runs
+from emt.launchers.cost import CostPlan, RunWork, cost_json, cost_plan, measured_for_runs, render_costs
+from emt.launchers.plan import JSON_NEEDS_DRY_RUN, EvalRunPlan
 from emt.launchers.preflight import (PreflightError, dry_run_exit, eval_launch_problems, eval_preflight,
                                      monitor_traits, prepare_inputs, resolve_wait)
-from emt.launchers.running import report_results, run_queue
+from emt.launchers.running import report_results, run_queue, sharing_cores, stop_with_launcher, submitting, watch
 from emt.sweep.models import prepare_builtin_judges
 from emt.sweep.runs import Run, build_sweep
 
@@ -90,6 +92,7 @@ def eval_runs(
     mode: str = "slurm",
     dry_run: bool = False,
     wait: bool | None = None,
+    json_out: TextIO | None = None,
 ) -> int:
     """Score every checkpoint of the selected runs (all runs when ``run_names`` is None).
 
@@ -97,7 +100,11 @@ def eval_runs(
     consolidation job that SLURM starts only after every task succeeded. Locally the tasks run
     (``cluster.local_parallelism`` at a time) and consolidation follows if they all succeeded.
     ``tasks="auto"`` sizes each run's array with :func:`emt.eval.plan.size_array` and prints why.
+    ``json_out`` (with ``dry_run`` only): write the plan there as one JSON document
+    (:func:`eval_plan_json`) instead of printing it.
     """
+    if json_out is not None and not dry_run:
+        raise ValueError(JSON_NEEDS_DRY_RUN)
     cfg, runs, problems = _load_launch(config, cluster, overrides, run_names, seeds, mode, dry_run)
     no_ckpt = [r.name for r in runs if not paths.complete_checkpoints(r.path)]
     if no_ckpt:
@@ -106,12 +113,19 @@ def eval_runs(
     if problems and not dry_run:
         raise PreflightError(problems)
     ehash = eval_hash(cfg)
-    plan, sizing_problems = plan_eval(cfg, runs, ehash, no_ckpt, per_task, tasks)
+    run_plans, sizing_problems = plan_eval(cfg, runs, ehash, no_ckpt, per_task, tasks)
+    plan: EvalPlan = [(p.run, p.shards) for p in run_plans]
+    if json_out is None:
+        for line in (ln for p in run_plans for ln in p.lines(ehash)):
+            print(line)
     problems += sizing_problems
     if sizing_problems and not dry_run:
         raise PreflightError(problems)
-    print(format_costs(cfg, eval_work(cfg, plan, ehash), what="this evaluation, the checkpoints still to score",
-                       measured=measured_for_runs(cfg, runs)))
+    costs = cost_plan(cfg, eval_work(cfg, plan, ehash), measured=measured_for_runs(cfg, runs))
+    if json_out is not None:  # dry_run: checked above
+        json_out.write(json.dumps(eval_plan_json(cfg, ehash, run_plans, costs, problems), indent=2) + "\n")
+    else:
+        print(render_costs(cfg, costs, what="this evaluation, the checkpoints still to score"))
     if dry_run:
         return dry_run_exit(problems)
     wait = resolve_wait(wait, mode)
@@ -128,6 +142,15 @@ def eval_runs(
         else:
             failures += run_eval_local(cfg, run, ehash, etasks, mode)
     return 1 if failures else 0
+
+
+def eval_plan_json(cfg: Config, ehash: str, run_plans: Sequence[EvalRunPlan], costs: CostPlan,
+                   problems: Sequence[str]) -> dict[str, Any]:
+    """``emt eval --dry-run --json``: per run what is scored and the array tasks that score the rest,
+    the cost plan, and the problems a real launch would stop at."""
+    return {"kind": "eval-plan", "config": str(cfg.source), "output_root": str(paths.output_root(cfg.cluster.output_root)),
+            "eval_hash": ehash, "runs": [p.to_json(ehash) for p in run_plans], "cost": cost_json(costs),
+            "problems": list(problems)}
 
 
 def eval_work(cfg: Config, plan: EvalPlan, ehash: str) -> list[RunWork]:
@@ -148,14 +171,15 @@ def eval_work(cfg: Config, plan: EvalPlan, ehash: str) -> list[RunWork]:
 
 
 def plan_eval(cfg: Config, runs: Sequence[Run], ehash: str, no_ckpt: Sequence[str], per_task: int | None,
-              tasks: int | str | None) -> tuple[EvalPlan, list[str]]:
-    """Each run's array tasks (the checkpoints still to score, sharded), printing a line per run;
+              tasks: int | str | None) -> tuple[list[EvalRunPlan], list[str]]:
+    """Each run's array tasks (the checkpoints still to score, sharded) with what is scored already;
     and the problems found while sizing (damaged checkpoints, an array that cannot fit)."""
     measured = measured_costs([eval_root(r, ehash) for r in runs]) if tasks == "auto" else None
-    plan: EvalPlan = []
+    plan: list[EvalRunPlan] = []
     sizing_problems: list[str] = []
     for run in runs:
         todo = pending_steps(run, ehash) if run.name not in no_ckpt else []
+        n_targets = len(targets(run)) if run.name not in no_ckpt else 0
         # A damaged checkpoint to score fails here, named, rather than in a task after its queue wait.
         sizing_problems += damaged_checkpoints(run, todo)
         sizing_lines: tuple[str, ...] = ()
@@ -164,18 +188,13 @@ def plan_eval(cfg: Config, runs: Sequence[Run], ehash: str, no_ckpt: Sequence[st
                 shards, sizing_lines = auto_shards(cfg, todo, ehash, measured)
             except ValueError as exc:
                 sizing_problems.append(f"{run.name}: {exc}")
-                plan.append((run, []))
+                plan.append(EvalRunPlan(run, n_targets, todo, [], fits=False))
                 continue
         elif per_task or tasks:
             shards = shard(todo, per_task=per_task, tasks=int(tasks) if tasks else None)
         else:
             shards = shard(todo, per_task=cfg.eval.checkpoints_per_task)
-        plan.append((run, shards))
-        scored = len(targets(run)) - len(todo) if run.name not in no_ckpt else 0
-        print(f"{run.name}: {scored} of {len(targets(run)) if run.name not in no_ckpt else 0} checkpoints scored "
-              f"(eval {ehash}); {len(todo)} to score in {len(shards)} task(s)")
-        for line in sizing_lines:
-            print(f"  --tasks auto: {line}")
+        plan.append(EvalRunPlan(run, n_targets, todo, shards, sizing_lines))
     return plan, sizing_problems
 
 
@@ -195,18 +214,26 @@ def auto_shards(cfg: Config, todo: Sequence[int], ehash: str,
     return shards, sizing.lines
 
 
+def harvest_minutes(cfg: Config) -> int | None:
+    """The consolidation job's time limit when a judge scores through the Batch API (it waits for
+    the batches the array's tasks submitted): ``judge.batch_harvest_min``; else None (its own)."""
+    return cfg.judge.batch_harvest_min if any(j.batch for j in cfg.judge.judges) else None
+
+
 def submit_eval_slurm(cfg: Config, run: Run, ehash: str, etasks: list[EvalTask], wait: bool) -> int:
     """Submit a run's eval array and its consolidation (afterok) to SLURM and record them;
     with ``wait``, wait for them. Returns 1 when a waited-for job failed, else 0."""
     mode = "slurm"
     folder = paths.eval_logs_dir(eval_root(run, ehash))
     jobs = submit_eval_array(etasks, cfg.cluster, mode, folder, f"emt-eval-{run.name}") if etasks else []
-    cjob = submit_consolidate(run, ehash, cfg.cluster, mode, folder, after=jobs)
+    cjob = submit_consolidate(run, ehash, cfg.cluster, mode, folder, after=jobs, time_min=harvest_minutes(cfg))
     record_submission(paths.eval_submission_file(run.path), {
         "kind": "eval", "mode": mode, "eval_hash": ehash, "array_job_ids": [str(j.job_id) for j in jobs],
         "consolidate_job_id": str(cjob.job_id), "log_folder": str(folder)})
+    harvest = (f" (it first waits for the Batch API's judgements, up to {harvest_minutes(cfg)} min per try)"
+               if harvest_minutes(cfg) else "")
     print(f"{run.name}: eval array {jobs[0].job_id.split('_')[0] if jobs else '-'} ({len(jobs)} tasks, "
-          f"%{cfg.cluster.array_parallelism}), consolidation {cjob.job_id} after it")
+          f"%{cfg.cluster.array_parallelism}), consolidation {cjob.job_id} after it{harvest}")
     if not wait:
         return 0
     return report_results(wait_all([(f"{run.name}[{j.job_id}]", j) for j in jobs] + [(f"{run.name} consolidate", cjob)]))
@@ -227,7 +254,9 @@ def run_eval_local(cfg: Config, run: Run, ehash: str, etasks: list[EvalTask], mo
     bad = [k for k, (ok, _) in results.items() if not ok]
     gens = sum(r.get("generations", 0) for ok, r in results.values() if ok and isinstance(r, dict))
     calls = sum(r.get("judge_calls", 0) for ok, r in results.values() if ok and isinstance(r, dict))
-    print(f"{run.name}: {len(etasks)} task(s), {gens} generations, {calls} judge calls")
+    waiting = sum(len(r.get("batch_pending", [])) for ok, r in results.values() if ok and isinstance(r, dict))
+    print(f"{run.name}: {len(etasks)} task(s), {gens} generations, {calls} judge calls"
+          + (f", {waiting} checkpoint(s) submitted to the Batch API (consolidation harvests them)" if waiting else ""))
     print_usage([r for ok, r in results.values() if ok and isinstance(r, dict)])
     if bad:
         failures = report_results(results)
@@ -236,13 +265,15 @@ def run_eval_local(cfg: Config, run: Run, ehash: str, etasks: list[EvalTask], mo
             print(f"{run.name}: {line}", file=sys.stderr)
         return failures
     res = run_queue([(f"{run.name} consolidate",
-                      lambda slot: submit_consolidate(run, ehash, cfg.cluster, mode, folder))], 1, mode, started)
+                      lambda slot: submit_consolidate(run, ehash, cfg.cluster, mode, folder,
+                                                      time_min=harvest_minutes(cfg)))], 1, mode, started)
     record_submission(paths.eval_submission_file(run.path),
                       {**record, "consolidate_job_id": str(started[f"{run.name} consolidate"].job_id)})
     failures = report_results(res)
     for ok, r in res.values():
         if ok:
-            print(f"{run.name}: {r['checkpoints']} checkpoints -> {r['scores']}")
+            got = f" ({len(r['harvested'])} harvested from the Batch API)" if r.get("harvested") else ""
+            print(f"{run.name}: {r['checkpoints']} checkpoints -> {r['scores']}{got}")
     return failures
 
 
@@ -288,11 +319,14 @@ def follow_runs(
     prepare_builtin_judges(cfg)
     wait = resolve_wait(wait, mode)
     jobs = []
-    for run in todo:
-        job = submit_monitor(run, cfg.cluster, mode)
-        jobs.append((f"{run.name} monitor", job))
-        print(f"{run.name}: monitor job {job.job_id} (log: {paths.monitor_dir(run.path) / 'logs'})")
-    return report_results(wait_all(jobs)) if wait else 0
+    # Local monitors run all at once (sharing the cores) and end with the launcher (Ctrl-C, SIGTERM).
+    with stop_with_launcher(mode), sharing_cores(mode, len(todo)):
+        for run in todo:
+            with submitting():
+                job = watch(f"{run.name} monitor", submit_monitor(run, cfg.cluster, mode))
+            jobs.append((f"{run.name} monitor", job))
+            print(f"{run.name}: monitor job {job.job_id} (log: {paths.monitor_dir(run.path) / 'logs'})")
+        return report_results(wait_all(jobs)) if wait else 0
 
 
 def eval_in_job(
@@ -318,6 +352,7 @@ def eval_in_job(
     ehash = eval_hash(cfg)
     for run in build_sweep(cfg, "all", runs=list(run_names), seeds=seeds):
         if task_index is None:
+            harvest_run(run, ehash)  # checkpoints left to the Batch API by the array's tasks
             print(consolidate_run(run, ehash))
             continue
         if not isinstance(tasks, int) or not 0 <= task_index < tasks:

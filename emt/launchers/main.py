@@ -2,6 +2,7 @@
 
     emt train --config debug --local                  # tiny model, this machine
     emt train --sweep medical --dry-run               # the plan (paper config), submit nothing
+    emt train --sweep medical --dry-run --json        # the plan and its cost, machine-readable
     emt eval --all --local --config debug             # score every checkpoint, then consolidate
     emt follow --runs medical_strong --config debug --local   # monitor a run while it trains
     emt status --json                                 # the sweep's state, machine-readable
@@ -27,7 +28,7 @@ from emt.analysis.onset import DEFAULT_METHOD, METHODS
 from emt.core import atomic
 from emt.core.config import ConfigError
 from emt.core.logs import setup_logging
-from emt.launchers.cli import add_common, add_mode, mode_of
+from emt.launchers.cli import add_common, add_json, add_mode, json_stdout, mode_of
 from emt.launchers.evaluate import eval_in_job, eval_runs, follow_runs
 from emt.launchers.serve import judge_serve
 from emt.launchers.status import sweep_status
@@ -80,6 +81,7 @@ def add_train(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--runs", default=None, help="comma-separated run names to keep, e.g. medical_mild,math_strong")
     add_mode(ap)
     ap.add_argument("--dry-run", action="store_true", help="print the plan and the problems; submit nothing")
+    add_json(ap, "the plan (runs, hashes, actions, paths) and the cost plan", needs_dry_run=True)
     ap.add_argument("--monitor", action="store_true",
                     help="submit a monitor job beside each training job: scores checkpoints as they appear, "
                          "alerts on trait onsets and applies monitor.actions (stop/rollback/mark)")
@@ -89,9 +91,10 @@ def add_train(ap: argparse.ArgumentParser) -> None:
 def run_train(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Plan, check and submit the sweep's training jobs (:func:`emt.launchers.train.train_sweep`)."""
     setup_logging()
-    return train_sweep(args.config, cluster=args.cluster, overrides=args.overrides, sweep=args.sweep,
-                       runs=_names(args.runs), seeds=args.seeds, mode=mode_of(args), dry_run=args.dry_run,
-                       wait=True if args.wait else None, monitor=args.monitor)
+    with json_stdout(args.json) as out:
+        return train_sweep(args.config, cluster=args.cluster, overrides=args.overrides, sweep=args.sweep,
+                           runs=_names(args.runs), seeds=args.seeds, mode=mode_of(args), dry_run=args.dry_run,
+                           wait=True if args.wait else None, monitor=args.monitor, json_out=out)
 
 
 # --- eval and follow ------------------------------------------------------------------------------
@@ -117,6 +120,8 @@ def add_eval(ap: argparse.ArgumentParser, follow_flag: bool = False) -> None:
                            "and cluster.eval.time_min")
     add_mode(ap)
     ap.add_argument("--dry-run", action="store_true", help="print what would be scored; submit nothing")
+    add_json(ap, "the plan (per run the checkpoints scored, the tasks scoring the rest) and the cost plan",
+             needs_dry_run=True)
     if follow_flag:
         ap.add_argument("--follow", action="store_true",
                         help="submit a monitor job per run instead of an array: it scores checkpoints as training "
@@ -135,18 +140,23 @@ def run_eval(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             ap.error("--follow submits a monitor job; --task-index/--consolidate-only run a stage inside a job")
         if args.per_task or args.tasks:
             ap.error("--follow scores checkpoints as they appear; --per-task/--tasks size an array")
+        if args.json:
+            ap.error("--json prints the eval array's plan (with --dry-run); --follow has no JSON output")
         return run_follow(ap, args)
     setup_logging()
     if args.task_index is not None or args.consolidate_only:
         if args.all:
             ap.error("--task-index/--consolidate-only take --run NAME")
+        if args.json:
+            ap.error("--json prints the eval array's plan (with --dry-run), not a job stage's output")
         return eval_in_job(args.config, cluster=args.cluster, overrides=args.overrides,
                            run_names=_names(args.run) or [], seeds=args.seeds, task_index=args.task_index,
                            tasks=args.tasks)
-    return eval_runs(args.config, cluster=args.cluster, overrides=args.overrides,
-                     run_names=None if args.all else _names(args.run), seeds=args.seeds,
-                     per_task=args.per_task, tasks=args.tasks, mode=mode_of(args),
-                     dry_run=args.dry_run, wait=True if args.wait else None)
+    with json_stdout(args.json) as out:
+        return eval_runs(args.config, cluster=args.cluster, overrides=args.overrides,
+                         run_names=None if args.all else _names(args.run), seeds=args.seeds,
+                         per_task=args.per_task, tasks=args.tasks, mode=mode_of(args),
+                         dry_run=args.dry_run, wait=True if args.wait else None, json_out=out)
 
 
 def add_follow(ap: argparse.ArgumentParser) -> None:
@@ -173,7 +183,7 @@ def add_status(ap: argparse.ArgumentParser) -> None:
     add_common(ap, PAPER)
     ap.add_argument("--sweep", default="all", help="all | a domain | a level | a run name (default: all)")
     ap.add_argument("--runs", default=None, help="comma-separated run names to show, e.g. medical_mild,math_strong")
-    ap.add_argument("--json", action="store_true", help="one JSON document on stdout instead of the table")
+    add_json(ap, "the status table")
 
 
 @_errors

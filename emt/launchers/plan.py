@@ -39,10 +39,14 @@ from emt.core import paths
 from emt.core.config import BUILTIN_ORGANISM, BUILTIN_TINY_MODEL, Config
 from emt.core.profiles import Profile, load_profile
 from emt.sweep.data import count_lines, split_sizes
-from emt.eval.plan import load_traits
+from emt.eval.plan import eval_root, load_traits
 from emt.store.activations import bytes_per_checkpoint
 from emt.sweep.runs import Run, run_state, train_world_size
 from emt.sweep.models import model_path
+
+# --json is a dry run's output: a real launch's jobs and their state are `emt status --json`'s.
+JSON_NEEDS_DRY_RUN = ("--json needs --dry-run: it prints the plan as one JSON document and submits nothing; "
+                      "after a launch, `emt status --json` (launch/status.py --json) gives the jobs and their state")
 
 CHARS_PER_TOKEN = 4.0
 DEFAULT_TOKENS_PER_EXAMPLE = 400
@@ -267,9 +271,45 @@ def resume_writes(steps: int, cfg: Config) -> int:
     return checkpoints_for(steps, ck.every_steps) if ck.resume_state_every is None else steps // ck.resume_state_every
 
 
+@dataclass(frozen=True)
+class PlanTotals:
+    """The plan table's bottom line, and where its estimates come from."""
+
+    runs: int
+    checkpoints: int  # over the runs whose example count is known
+    disk_gb: float
+    gpu_hours: float  # training
+    eval_gpu_hours: float  # scoring only (the cost plan adds task start-up)
+    shapes_source: str  # "config.json", "table" or "nowhere"
+    rate_source: str
+    eval_source: str
+
+
+def plan_totals(cfg: Config, rows: Sequence[RunPlan]) -> PlanTotals:
+    """The totals of ``rows`` and the sources of their estimates (the table and --json print these)."""
+    arch, arch_src = model_arch(cfg)
+    known = [r for r in rows if r.checkpoints is not None]
+    prof = load_profile(cfg.cluster.profile) if cfg.cluster.profile else None
+    return PlanTotals(len(rows), sum(r.checkpoints or 0 for r in known), sum(r.disk_gb or 0 for r in known),
+                      sum(r.gpu_hours or 0 for r in known), sum(r.eval_gpu_hours or 0 for r in known),
+                      arch_src if arch else "nowhere", train_rate(cfg, prof)[1], eval_seconds(cfg, prof)[1])
+
+
+def run_plan_json(r: RunPlan) -> dict[str, object]:
+    """One row of the plan table as plain JSON values (unrounded; null where the table says '?')."""
+    run = r.run
+    return {
+        "name": run.name, "hash": run.hash, "domain": run.domain, "level": run.level, "seed": run.seed,
+        "variant": run.variant, "dir": run.run_dir, "data_file": run.data_file,
+        "examples": r.examples, "examples_source": r.examples_source, "train": r.train, "heldout": r.heldout,
+        "steps": r.steps, "checkpoints": r.checkpoints, "disk_gb": r.disk_gb, "gpu_hours": r.gpu_hours,
+        "eval_gpu_hours": r.eval_gpu_hours, "state": r.state, "done_checkpoints": r.done_checkpoints,
+    }
+
+
 def format_plan(cfg: Config, rows: Sequence[RunPlan], will_submit: Sequence[str]) -> str:
     """The table --dry-run prints."""
-    arch, arch_src = model_arch(cfg)
+    arch, _ = model_arch(cfg)
     t = cfg.training
     method = f"LoRA r={cfg.lora.r}" if t.method == "lora" else "full fine-tuning"
     world = train_world_size(cfg)
@@ -301,20 +341,14 @@ def format_plan(cfg: Config, rows: Sequence[RunPlan], will_submit: Sequence[str]
                      f"{fmt(r.checkpoints, 'd'):>7}{fmt(r.disk_gb, '.2f'):>9}{fmt(r.gpu_hours, '.2f'):>7}"
                      f"{fmt(r.eval_gpu_hours, '.2f'):>11}  {state}")
     known = [r for r in rows if r.checkpoints is not None]
-    tot_ck = sum(r.checkpoints or 0 for r in known)
-    tot_disk = sum(r.disk_gb or 0 for r in known)
-    tot_h = sum(r.gpu_hours or 0 for r in known)
-    tot_eval = sum(r.eval_gpu_hours or 0 for r in known)
-    prof = load_profile(cfg.cluster.profile) if cfg.cluster.profile else None
-    _, rate_src = train_rate(cfg, prof)
-    _, eval_src = eval_seconds(cfg, prof)
+    tot = plan_totals(cfg, rows)
     lines += ["-" * len(cols),
-              f"{len(rows)} runs, {tot_ck} checkpoints, ~{tot_disk:.1f} GB, ~{tot_h:.1f} training GPU-hours + "
-              f"~{tot_eval:.1f} evaluation GPU-hours (scoring; with task start-up in the cost table) "
-              f"(estimates: shapes from {arch_src if arch else 'nowhere'}, chars/{CHARS_PER_TOKEN:g} tokens, "
+              f"{tot.runs} runs, {tot.checkpoints} checkpoints, ~{tot.disk_gb:.1f} GB, ~{tot.gpu_hours:.1f} training "
+              f"GPU-hours + ~{tot.eval_gpu_hours:.1f} evaluation GPU-hours (scoring; with task start-up in the cost "
+              f"table) (estimates: shapes from {tot.shapes_source}, chars/{CHARS_PER_TOKEN:g} tokens, "
               f"checkpoints written at {WRITE_GBPS:g} GB/s)",
-              f"Training rate: {rate_src}",
-              f"Evaluation: {eval_src}"]
+              f"Training rate: {tot.rate_source}",
+              f"Evaluation: {tot.eval_source}"]
     if any(r.examples_source == "expected" for r in rows):
         lines.append("* data file not on this machine: count from data.expected_examples "
                      "(the run's hash includes the file's content, so it changes once the file is here)")
@@ -323,6 +357,40 @@ def format_plan(cfg: Config, rows: Sequence[RunPlan], will_submit: Sequence[str]
         lines += activation_disk(cfg, arch, known)
     lines.append(f"Would submit {len(will_submit)} job(s)" + (f": {', '.join(will_submit)}" if will_submit else ""))
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class EvalRunPlan:
+    """One run's planned evaluation (``emt eval``): its checkpoints, those already scored, and the
+    array tasks (each a list of checkpoint steps) that score the rest."""
+
+    run: Run
+    targets: int  # checkpoints to score in all, step 0 included (0 without a complete checkpoint)
+    todo: list[int]  # the steps not scored yet
+    shards: list[list[int]]  # one list of steps per array task ([] when --tasks auto found no fit)
+    sizing: tuple[str, ...] = ()  # --tasks auto: the arithmetic behind the array's size
+    fits: bool = True  # False: --tasks auto found no array that fits (the launch's problems say why)
+
+    @property
+    def scored(self) -> int:
+        return self.targets - len(self.todo)
+
+    def lines(self, ehash: str) -> list[str]:
+        """What the human dry run prints for this run (nothing when it does not fit: its problem says why)."""
+        if not self.fits:
+            return []
+        return [f"{self.run.name}: {self.scored} of {self.targets} checkpoints scored (eval {ehash}); "
+                f"{len(self.todo)} to score in {len(self.shards)} task(s)"] + \
+            [f"  --tasks auto: {line}" for line in self.sizing]
+
+    def to_json(self, ehash: str) -> dict[str, object]:
+        """The same as plain JSON values, with where the results (``eval_dir``) and scores go."""
+        run = self.run
+        return {"name": run.name, "hash": run.hash, "domain": run.domain, "level": run.level, "seed": run.seed,
+                "variant": run.variant, "dir": run.run_dir, "eval_dir": str(eval_root(run, ehash)),
+                "scores": str(paths.scores_file(run.path)), "checkpoints": self.targets, "scored": self.scored,
+                "to_score": list(self.todo), "tasks": [list(sh) for sh in self.shards], "sizing": list(self.sizing),
+                "fits": self.fits}
 
 
 def disk_advice(cfg: Config, arch: Arch, rows: Sequence[RunPlan]) -> list[str]:

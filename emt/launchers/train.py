@@ -6,18 +6,22 @@ Relaunching submits only runs that are missing or incomplete and have no job pen
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TextIO
 
+from emt.core import paths
 from emt.core.config import Config, load_config
 from emt.core.records import job_active
 from emt.eval.monitor import watched_traits
 from emt.jobs.slurm import submit_monitor, submit_train, wait_all
-from emt.launchers.cost import format_costs, measured_for_runs, train_work
-from emt.launchers.plan import format_plan, plan_runs
+from emt.launchers.cost import CostPlan, cost_json, cost_plan, measured_for_runs, render_costs, train_work
+from emt.launchers.plan import JSON_NEEDS_DRY_RUN, RunPlan, format_plan, plan_runs, plan_totals, run_plan_json
 from emt.launchers.preflight import PreflightError, dry_run_exit, preflight, prepare_inputs, resolve_wait
-from emt.launchers.running import report_results, run_queue
+from emt.launchers.running import report_results, run_queue, stop_with_launcher, watch
 from emt.sweep.models import prepare_builtin_judges, prepare_builtin_model
 from emt.sweep.runs import Run, build_sweep, run_state, schedule_optimizers
 
@@ -36,30 +40,39 @@ def train_sweep(
     dry_run: bool = False,
     wait: bool | None = None,
     monitor: bool = False,
+    json_out: TextIO | None = None,
 ) -> int:
     """Plan, check and submit the training runs of a sweep; the entry point of launch/train.py.
 
     ``monitor=True`` submits a monitor job beside each training job (:func:`emt.eval.monitor.follow`):
     it scores checkpoints while training runs and acts on alerts (``monitor.*`` in the config).
+    ``json_out`` (with ``dry_run`` only): write the plan there as one JSON document
+    (:func:`train_plan_json`) instead of printing the plan and cost tables.
 
     Returns a process exit code: 0 when everything selected is complete or submitted (and, when
     waiting, finished), 1 when a job failed, 2 when a dry run found problems. Input problems
     raise :class:`ConfigError` / :class:`PreflightError` before anything is submitted.
     """
+    if json_out is not None and not dry_run:
+        raise ValueError(JSON_NEEDS_DRY_RUN)
     cfg = load_config(config, overrides, cluster)
     prepare_inputs(cfg, mode, dry_run)
     selected = build_sweep(cfg, sweep, runs, seeds)
     problems = preflight(cfg, selected, mode, dry_run=dry_run)
-    pending = runs_to_submit(selected)
+    decisions = submit_decisions(selected)
+    pending = [d.run for d in decisions if d.action == "submit"]
 
     rows = plan_runs(cfg, selected)
-    print(format_plan(cfg, rows, [r.name for r in pending]))
     # The cost of the whole selection (GPU-hours and judge spend), with --monitor its monitor jobs.
-    print(format_costs(cfg, train_work(cfg, rows), monitor=[r.name for r in pending] if monitor else None,
-                       what=f"the {len(rows)} selected run(s), trained and scored",
-                       measured=measured_for_runs(cfg, selected)))
-    if sweep == "schedules":
-        for note in schedule_optimizers(cfg)[1]:
+    costs = cost_plan(cfg, train_work(cfg, rows), monitor=[r.name for r in pending] if monitor else None,
+                      measured=measured_for_runs(cfg, selected))
+    notes = schedule_optimizers(cfg)[1] if sweep == "schedules" else []
+    if json_out is not None:
+        json_out.write(json.dumps(train_plan_json(cfg, rows, decisions, costs, notes, problems), indent=2) + "\n")
+    else:
+        print(format_plan(cfg, rows, [r.name for r in pending]))
+        print(render_costs(cfg, costs, what=f"the {len(rows)} selected run(s), trained and scored"))
+        for note in notes:
             print(f"note: {note}")
     if dry_run:
         return dry_run_exit(problems)
@@ -75,19 +88,47 @@ def train_sweep(
     return submit_training(cfg, pending, mode, resolve_wait(wait, mode), monitor)
 
 
-def runs_to_submit(selected: Sequence[Run]) -> list[Run]:
-    """The runs that are not complete and have no training job pending or running."""
-    pending: list[Run] = []
+@dataclass(frozen=True)
+class Decision:
+    """What a launch does with one selected run."""
+
+    run: Run
+    action: str  # "submit"; "complete": nothing left to train; "running": its job is pending or running
+    job: str | None = None  # the pending or running job's id
+
+
+def submit_decisions(selected: Sequence[Run]) -> list[Decision]:
+    """Per run: submit it, or skip it because it is complete or its training job is pending or running."""
+    out: list[Decision] = []
     for run in selected:
         state, _ = run_state(run)
         if state == "complete":
+            out.append(Decision(run, "complete"))
             continue
         active = job_active(run.path)
         if active:
             log.info("%s: job %s is still pending or running; not submitting again", run.name, active)
+            out.append(Decision(run, "running", active))
             continue
-        pending.append(run)
-    return pending
+        out.append(Decision(run, "submit"))
+    return out
+
+
+def train_plan_json(cfg: Config, rows: Sequence[RunPlan], decisions: Sequence[Decision], costs: CostPlan,
+                    notes: Sequence[str], problems: Sequence[str]) -> dict[str, Any]:
+    """``emt train --dry-run --json``: the plan table's rows (each with its ``action`` and, when
+    running, its ``job``), their totals, the cost plan, notes and the problems a real launch
+    would stop at: the numbers the human tables print, unrounded."""
+    by_name = {d.run.name: d for d in decisions}
+    runs = [{**run_plan_json(r), "action": by_name[r.run.name].action, "job": by_name[r.run.name].job}
+            for r in rows]
+    return {
+        "kind": "train-plan", "config": str(cfg.source), "output_root": str(paths.output_root(cfg.cluster.output_root)),
+        "model": cfg.model.name, "method": cfg.training.method, "runs": runs,
+        "totals": dataclasses.asdict(plan_totals(cfg, rows)),
+        "will_submit": [d.run.name for d in decisions if d.action == "submit"],
+        "cost": cost_json(costs), "notes": list(notes), "problems": list(problems),
+    }
 
 
 def submit_training(cfg: Config, pending: Sequence[Run], mode: str, wait: bool, monitor: bool = False) -> int:
@@ -106,11 +147,15 @@ def submit_training(cfg: Config, pending: Sequence[Run], mode: str, wait: bool, 
         return report_results({**wait_all(jobs), **wait_all(monitors)}) if wait else 0
 
     def start(run: Run, slot: int | None) -> Any:
-        job = submit_train(run, cfg.cluster, mode, gpu_slot=slot)
+        job = watch(run.name, submit_train(run, cfg.cluster, mode, gpu_slot=slot))
         if monitor:  # beside the training job, in its own process (debug mode: after it, in line)
-            monitors.append((f"{run.name} monitor", submit_monitor(run, cfg.cluster, mode, gpu_slot=slot)))
+            name = f"{run.name} monitor"
+            monitors.append((name, watch(name, submit_monitor(run, cfg.cluster, mode, gpu_slot=slot))))
         return job
 
     items = [(run.name, lambda slot, run=run: start(run, slot)) for run in pending]
-    results = run_queue(items, 1 if mode == "debug" else cfg.cluster.local_parallelism, mode)
-    return report_results({**results, **wait_all(monitors)})
+    # Ctrl-C / SIGTERM stop the local trainings and their monitors, also while the monitors finish.
+    with stop_with_launcher(mode):
+        results = run_queue(items, 1 if mode == "debug" else cfg.cluster.local_parallelism, mode,
+                            jobs_per_item=2 if monitor else 1)
+        return report_results({**results, **wait_all(monitors)})
