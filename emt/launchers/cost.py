@@ -124,13 +124,15 @@ def judge_costs(cfg: Config, work: Sequence[RunWork], load: JudgeLoad,
                 monitored: Collection[str] = ()) -> list[JudgeCost]:
     """Calls, tokens and dollars of each configured judge for ``work``.
 
-    A ``batch: true`` judge is priced at the Batch API's price (half) for the offline eval, and at
-    the standard price for the runs in ``monitored`` (the monitor asks synchronously); ``price``
-    is then the Batch price."""
+    A ``batch: true`` judge is priced at the Batch API's price (half) for the offline eval's
+    checkpoints, and at the standard price for the persona vectors (asked synchronously: the GPU
+    task needs them at once) and for the runs in ``monitored`` (the monitor asks synchronously);
+    ``price`` is then the Batch price."""
 
-    def load_of(i: int, runs: Sequence[RunWork]) -> tuple[int, float, float]:
-        ckpts = sum(w.checkpoints for w in runs)
-        p = sum(1 for w in runs if w.persona) if i == 0 else 0  # persona vectors: the first judge only
+    def load_of(i: int, runs: Sequence[RunWork], ckpt: bool = True, persona: bool = True) -> tuple[int, float, float]:
+        ckpts = sum(w.checkpoints for w in runs) if ckpt else 0
+        # persona vectors: the first judge only
+        p = sum(1 for w in runs if w.persona) if i == 0 and persona else 0
         lo = ckpts * load.fixed_tokens + p * load.persona_fixed_tokens
         hi = lo + ckpts * load.answer_cap_tokens + p * load.persona_answer_cap_tokens
         return ckpts * load.calls + p * load.persona_calls, lo, hi
@@ -146,15 +148,15 @@ def judge_costs(cfg: Config, work: Sequence[RunWork], load: JudgeLoad,
         output = float(calls)  # max_tokens=1
         usd: tuple[float | None, float | None] = (None, None)
         if price is not None:
-            parts = [(work, price)]
-            if spec.batch:  # the monitored runs' share at the standard price
+            parts = [(load_of(i, work), price)]
+            if spec.batch:  # the persona vectors and the monitored runs' share at the standard price
                 full = price_for(spec.model, cfg.judge.prices)
                 assert full is not None
-                parts = [([w for w in work if w.name not in monitored], price),
-                         ([w for w in work if w.name in monitored], full)]
+                offline = [w for w in work if w.name not in monitored]
+                parts = [(load_of(i, offline, persona=False), price), (load_of(i, offline, ckpt=False), full),
+                         (load_of(i, [w for w in work if w.name in monitored]), full)]
             usd_lo = usd_hi = 0.0
-            for runs, (_, p_in, p_out) in parts:
-                c, a, b = load_of(i, runs)
+            for (c, a, b), (_, p_in, p_out) in parts:
                 usd_lo += (a * p_in + c * p_out) / 1e6
                 usd_hi += (b * p_in + c * p_out) / 1e6
             usd = (usd_lo, usd_hi)
@@ -450,8 +452,11 @@ def render_costs(cfg: Config, plan: CostPlan, what: str = "this launch") -> str:
                          f"${basis.usd_per_100_answer_tokens:,.2f}")
             if jc.batch:
                 lines.append(f"    Batch API price (judge.judges[].batch: {BATCH_DISCOUNT:g} x the standard price; "
-                             f"results within 24 h)" + ("; monitored runs are scored synchronously, at the standard "
-                                                        "price" if plan.monitor else ""))
+                             f"results within 24 h, waited for by each run's consolidation job on CPU, "
+                             f"judge.batch_harvest_min={cfg.judge.batch_harvest_min}); the persona vectors' calls "
+                             f"are synchronous, at the standard price"
+                             + ("; monitored runs are scored synchronously, at the standard price"
+                                if plan.monitor else ""))
             if plan.measured is not None and basis.measured_input_tokens is not None:
                 lines.append(f"    at the mean answer length of the {plan.measured[1]} checkpoint(s) already scored here "
                              f"(~{basis.measured_mean_tokens:,.0f} tokens): ~{tokens(basis.measured_input_tokens)} input "

@@ -363,9 +363,17 @@ def test_batch_judge_costs_half_and_says_so() -> None:
     _, _, [jc] = _cost(batch_cfg)
     assert jc.batch and jc.calls == std.calls and jc.input_max == std.input_max
     assert jc.price == ("gpt-4.1-mini", 0.20, 0.80)
-    assert jc.usd_min == pytest.approx(std.usd_min / 2) and jc.usd_max == pytest.approx(std.usd_max / 2)
+    # The checkpoints' calls at half the price; the persona vectors' (synchronous, on the GPU) at the full one.
+    load = judge_load(cfg)
+    personas = sum(1 for w in work if w.persona)
+    assert personas == len(work) and load.persona_calls > 0  # the paper config builds them
+    p_lo = personas * (load.persona_fixed_tokens * 0.40 + load.persona_calls * 1.60) / 1e6
+    p_hi = p_lo + personas * load.persona_answer_cap_tokens * 0.40 / 1e6
+    assert jc.usd_min == pytest.approx((std.usd_min - p_lo) / 2 + p_lo)
+    assert jc.usd_max == pytest.approx((std.usd_max - p_hi) / 2 + p_hi)
     text = format_costs(batch_cfg, work)
     assert "(batch)" in text and "Batch API price" in text and "$0.20 in / $0.80 out" in text
+    assert "the persona vectors' calls are synchronous" in text and "judge.batch_harvest_min=1500" in text
     assert "(batch)" not in format_costs(cfg, work)
     # Monitored runs are scored synchronously: their share is at the standard price.
     names = [w.name for w in work]
