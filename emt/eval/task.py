@@ -395,7 +395,12 @@ def harvest_run(run: "Run", eval_hash: str) -> dict[str, Any]:
     whose judgements were lost after every retry (their answers are kept: rerun the eval)."""
     setup_logging()
     root = eval_root(run, eval_hash)
-    steps = [s for s in paths.judge_batch_steps(root) if not paths.result_file(root, s).is_file()]
+    steps = []
+    for s in paths.judge_batch_steps(root):
+        if paths.result_file(root, s).is_file():  # scored meanwhile (e.g. by the monitor): nothing to harvest
+            shutil.rmtree(paths.judge_batch_dir(root, s), ignore_errors=True)
+        else:
+            steps.append(s)
     stats: dict[str, Any] = {"task": "harvest", "steps": steps, "evaluated": [], "generations": 0, "judge_calls": 0}
     if not steps:
         return stats

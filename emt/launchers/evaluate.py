@@ -179,6 +179,10 @@ def plan_eval(cfg: Config, runs: Sequence[Run], ehash: str, no_ckpt: Sequence[st
     sizing_problems: list[str] = []
     for run in runs:
         todo = pending_steps(run, ehash) if run.name not in no_ckpt else []
+        # Answers already generated and in Batch API batches: the consolidation job harvests them
+        # (on CPU); an array task for them would hold a GPU to do nothing.
+        waiting = [s for s in paths.judge_batch_steps(eval_root(run, ehash)) if s in set(todo)]
+        todo = [s for s in todo if s not in waiting]
         n_targets = len(targets(run)) if run.name not in no_ckpt else 0
         # A damaged checkpoint to score fails here, named, rather than in a task after its queue wait.
         sizing_problems += damaged_checkpoints(run, todo)
@@ -188,13 +192,13 @@ def plan_eval(cfg: Config, runs: Sequence[Run], ehash: str, no_ckpt: Sequence[st
                 shards, sizing_lines = auto_shards(cfg, todo, ehash, measured)
             except ValueError as exc:
                 sizing_problems.append(f"{run.name}: {exc}")
-                plan.append(EvalRunPlan(run, n_targets, todo, [], fits=False))
+                plan.append(EvalRunPlan(run, n_targets, todo, [], fits=False, waiting=waiting))
                 continue
         elif per_task or tasks:
             shards = shard(todo, per_task=per_task, tasks=int(tasks) if tasks else None)
         else:
             shards = shard(todo, per_task=cfg.eval.checkpoints_per_task)
-        plan.append(EvalRunPlan(run, n_targets, todo, shards, sizing_lines))
+        plan.append(EvalRunPlan(run, n_targets, todo, shards, sizing_lines, waiting=waiting))
     return plan, sizing_problems
 
 

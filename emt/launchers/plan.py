@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -370,17 +370,22 @@ class EvalRunPlan:
     shards: list[list[int]]  # one list of steps per array task ([] when --tasks auto found no fit)
     sizing: tuple[str, ...] = ()  # --tasks auto: the arithmetic behind the array's size
     fits: bool = True  # False: --tasks auto found no array that fits (the launch's problems say why)
+    # Steps whose answers wait for Batch API batches: no array task (no GPU) for them; the
+    # consolidation job harvests them.
+    waiting: list[int] = field(default_factory=list)
 
     @property
     def scored(self) -> int:
-        return self.targets - len(self.todo)
+        return self.targets - len(self.todo) - len(self.waiting)
 
     def lines(self, ehash: str) -> list[str]:
         """What the human dry run prints for this run (nothing when it does not fit: its problem says why)."""
         if not self.fits:
             return []
         return [f"{self.run.name}: {self.scored} of {self.targets} checkpoints scored (eval {ehash}); "
-                f"{len(self.todo)} to score in {len(self.shards)} task(s)"] + \
+                f"{len(self.todo)} to score in {len(self.shards)} task(s)"
+                + (f"; {len(self.waiting)} submitted to the Batch API, harvested by the consolidation job"
+                   if self.waiting else "")] + \
             [f"  --tasks auto: {line}" for line in self.sizing]
 
     def to_json(self, ehash: str) -> dict[str, object]:
@@ -390,7 +395,7 @@ class EvalRunPlan:
                 "variant": run.variant, "dir": run.run_dir, "eval_dir": str(eval_root(run, ehash)),
                 "scores": str(paths.scores_file(run.path)), "checkpoints": self.targets, "scored": self.scored,
                 "to_score": list(self.todo), "tasks": [list(sh) for sh in self.shards], "sizing": list(self.sizing),
-                "fits": self.fits}
+                "fits": self.fits, "batch_waiting": list(self.waiting)}
 
 
 def disk_advice(cfg: Config, arch: Arch, rows: Sequence[RunPlan]) -> list[str]:

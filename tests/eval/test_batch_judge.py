@@ -415,6 +415,12 @@ def test_eval_task_defers_to_the_harvest_which_scores_on_cpu(tmp_path: Path) -> 
         assert result["traits"]["evil"]["responses"][0] == answers[0]
         assert paths.judge_batch_steps(root) == [] and not paths.judge_batch_dir(root, 2).exists()
         assert harvest_run(shard.run, shard.task.eval_hash)["evaluated"] == []  # type: ignore[attr-defined]
+        # A step scored elsewhere (the monitor) while its batch ran: the harvest drops its batch dir.
+        stale = paths.judge_batch_answers(root, 2)
+        stale.parent.mkdir(parents=True)
+        stale.write_text("{}")
+        assert harvest_run(shard.run, shard.task.eval_hash)["evaluated"] == []  # type: ignore[attr-defined]
+        assert not stale.parent.exists()
         # The usage line and the tracker's per-checkpoint cost use the Batch price (half).
         from emt.eval.consolidate import judge_costs
         cost = judge_costs(shard.run, [paths.result_file(root, 2)])[2]["gpt-4.1-mini"]  # type: ignore[attr-defined]

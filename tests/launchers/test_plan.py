@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import DEBUG_CONFIG, REPO
 
+from emt.core import paths
 from emt.core.config import load_config
 from emt.launchers.plan import Arch, KNOWN_ARCHS, checkpoints_for, format_plan, plan_runs, steps_for
 from emt.sweep.runs import build_sweep
@@ -383,3 +385,24 @@ def test_batch_judge_costs_half_and_says_so() -> None:
     [mixed] = judge_costs(batch_cfg, work, judge_load(batch_cfg), monitored=half)
     assert std.usd_max / 2 < mixed.usd_max < std.usd_max
     assert "monitored runs are scored synchronously" in format_costs(batch_cfg, work, monitor=sorted(half))
+
+
+def test_eval_plan_leaves_batch_waiting_steps_to_the_consolidation(tmp_path: Path) -> None:
+    """Steps whose answers wait for Batch API batches get no array task (no GPU): the plan says
+    they are harvested by the consolidation job, and --json lists them."""
+    from emt.eval.plan import eval_hash, eval_root
+    from emt.launchers.evaluate import plan_eval
+
+    cfg = load_config(DEBUG_CONFIG, [f"cluster.output_root={tmp_path}"])
+    [run] = build_sweep(cfg, "all", runs=["medical_mild"])
+    ehash = eval_hash(cfg)
+    [before], _ = plan_eval(cfg, [run], ehash, [], None, None)
+    assert before.todo == [0] and before.waiting == [] and before.shards == [[0]]
+    answers = paths.judge_batch_answers(eval_root(run, ehash), 0)
+    answers.parent.mkdir(parents=True)
+    answers.write_text("{}")
+    [after], _ = plan_eval(cfg, [run], ehash, [], None, None)
+    assert after.todo == [] and after.shards == [] and after.waiting == [0] and after.scored == 0
+    assert "0 to score in 0 task(s); 1 submitted to the Batch API, harvested by the consolidation job" in \
+        after.lines(ehash)[0]
+    assert after.to_json(ehash)["batch_waiting"] == [0]
