@@ -291,20 +291,25 @@ def follow_runs(
     mode: str = "slurm",
     dry_run: bool = False,
     wait: bool | None = None,
+    json_out: TextIO | None = None,
 ) -> int:
     """``launch/eval_array.py --follow``: a monitor job per selected run (:func:`emt.eval.monitor.follow`).
 
     For a run whose training is already running (or about to be): the monitor scores its
     checkpoints as they appear, detects onsets online and acts on alerts (``monitor.*``). A run
     whose monitor is already pending or running is skipped. Returns an exit code like
-    :func:`eval_runs`.
+    :func:`eval_runs`. ``json_out`` (with ``dry_run`` only): write the plan there as one JSON
+    document instead of printing it.
     """
+    if json_out is not None and not dry_run:
+        raise ValueError(JSON_NEEDS_DRY_RUN)
     cfg, runs, problems = _load_launch(config, cluster, overrides, run_names, seeds, mode, dry_run)
     traits = monitor_traits(cfg, problems)
     if problems and not dry_run:
         raise PreflightError(problems)
     ehash = eval_hash(cfg)
     todo: list[Run] = []
+    rows: list[dict[str, Any]] = []
     for run in runs:
         active = monitor_active(run.path)
         root = eval_root(run, ehash)
@@ -312,10 +317,19 @@ def follow_runs(
         state = ("training finished" if training_finished(run) else
                  "training" if paths.complete_checkpoints(run.path) else "no checkpoint yet")
         note = f"monitor job {active} is pending or running; not submitting another" if active else "will submit"
-        print(f"{run.name}: {state}; {scored} of {len(targets(run))} checkpoints scored (eval {ehash}); "
-              f"watching {', '.join(traits) or '-'} with {cfg.monitor.method}; {note}")
+        rows.append({"name": run.name, "hash": run.hash, "dir": run.run_dir, "eval_dir": str(root), "state": state,
+                     "scored": scored, "checkpoints": len(targets(run)), "action": "running" if active else "submit",
+                     "monitor_job": active or None})
+        if json_out is None:
+            print(f"{run.name}: {state}; {scored} of {len(targets(run))} checkpoints scored (eval {ehash}); "
+                  f"watching {', '.join(traits) or '-'} with {cfg.monitor.method}; {note}")
         if not active:
             todo.append(run)
+    if json_out is not None:  # dry_run: checked above
+        json_out.write(json.dumps({
+            "kind": "follow-plan", "config": str(cfg.source), "eval_hash": ehash,
+            "output_root": str(paths.output_root(cfg.cluster.output_root)), "traits": list(traits),
+            "method": cfg.monitor.method, "runs": rows, "problems": list(problems)}, indent=2) + "\n")
     if dry_run:
         return dry_run_exit(problems)
     if not todo:

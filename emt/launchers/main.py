@@ -140,8 +140,6 @@ def run_eval(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             ap.error("--follow submits a monitor job; --task-index/--consolidate-only run a stage inside a job")
         if args.per_task or args.tasks:
             ap.error("--follow scores checkpoints as they appear; --per-task/--tasks size an array")
-        if args.json:
-            ap.error("--json prints the eval array's plan (with --dry-run); --follow has no JSON output")
         return run_follow(ap, args)
     setup_logging()
     if args.task_index is not None or args.consolidate_only:
@@ -165,15 +163,19 @@ def add_follow(ap: argparse.ArgumentParser) -> None:
     _add_selection(ap)
     add_mode(ap)
     ap.add_argument("--dry-run", action="store_true", help="print what each monitor would watch; submit nothing")
+    add_json(ap, "the plan (per run its state, checkpoints scored, whether a monitor is submitted)",
+             needs_dry_run=True)
 
 
 @_errors
 def run_follow(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """A monitor job per run (:func:`emt.launchers.evaluate.follow_runs`)."""
     setup_logging()
-    return follow_runs(args.config, cluster=args.cluster, overrides=args.overrides,
-                       run_names=None if args.all else _names(args.run), seeds=args.seeds,
-                       mode=mode_of(args), dry_run=args.dry_run, wait=True if args.wait else None)
+    with json_stdout(args.json) as out:
+        return follow_runs(args.config, cluster=args.cluster, overrides=args.overrides,
+                           run_names=None if args.all else _names(args.run), seeds=args.seeds,
+                           mode=mode_of(args), dry_run=args.dry_run, wait=True if args.wait else None,
+                           json_out=out)
 
 
 # --- status ---------------------------------------------------------------------------------------

@@ -181,8 +181,27 @@ def test_json_needs_dry_run_and_submits_nothing(tmp_path: Path) -> None:
     res = subprocess.run([PY, "-m", "emt.launchers.main", "train", "--config", "debug", "--local", "--json",
                           *debug_overrides(root)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert res.returncode == 2 and "--json needs --dry-run" in res.stderr and not root.exists()
-    follow = launch("eval_array.py", "--runs", "medical_mild", "--follow", "--dry-run", "--json", *debug_overrides(root))
-    assert follow.returncode == 2 and "--follow has no JSON output" in follow.stderr
+    follow = launch("eval_array.py", "--runs", "medical_mild", "--follow", "--local", "--json", *debug_overrides(root))
+    assert follow.returncode == 2 and "--json needs --dry-run" in follow.stderr and not root.exists()
+
+
+def test_follow_dry_run_json_matches_the_human_plan(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    args = ["--runs", "medical_mild,medical_strong", "--follow", "--local", "--dry-run", *debug_overrides(root)]
+    human = launch("eval_array.py", *args)
+    js = launch("eval_array.py", *args, "--json")
+    assert human.returncode == js.returncode, human.stderr + js.stderr
+    doc = strict_json(js.stdout)
+    assert doc["kind"] == "follow-plan" and [r["name"] for r in doc["runs"]] == ["medical_mild", "medical_strong"]
+    for r in doc["runs"]:
+        line = next(ln for ln in human.stdout.splitlines() if ln.startswith(r["name"] + ":"))
+        assert f"{r['state']}; {r['scored']} of {r['checkpoints']} checkpoints scored (eval {doc['eval_hash']})" in line
+        assert f"with {doc['method']}" in line and ", ".join(doc["traits"]) in line
+        assert r["action"] == "submit" and "will submit" in line and r["monitor_job"] is None
+    assert "checkpoints scored" not in js.stdout.replace(json.dumps(doc, indent=2), "")
+    emt = subprocess.run([PY, "-m", "emt.launchers.main", "follow", "--config", str(DEBUG_CONFIG), *args[:2],
+                          *args[3:], "--json"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert emt.returncode == js.returncode and json.loads(emt.stdout) == doc, emt.stderr
 
 
 def test_emt_train_json_matches_the_script(tmp_path: Path) -> None:
@@ -199,8 +218,7 @@ def test_emt_train_json_matches_the_script(tmp_path: Path) -> None:
 
 def test_json_flag_where_it_makes_sense() -> None:
     _, parsers = build_parser()
-    for name in ("train", "eval", "status"):
+    for name in ("train", "eval", "follow", "status"):
         assert "--json" in parsers[name].format_help(), name
-    assert "--json" not in parsers["follow"].format_help()
     assert "with --dry-run" in parsers["train"].format_help().replace("\n", " ").replace("  ", " ")
     assert "--json" in script_parser("eval", None).format_help()  # launch/eval_array.py
