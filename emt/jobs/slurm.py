@@ -21,8 +21,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -104,7 +106,8 @@ def submit_train(run: Run, cluster: ClusterConfig, mode: str, gpu_slot: int | No
     """Submit one training run and record the submission in its run dir."""
     folder = paths.job_logs_dir(run.path)
     ex = make_executor("train", cluster, mode, folder, f"emt-train-{run.name}", gpu_slot)
-    job = ex.submit(TrainJob(), run)
+    with _cancellable_children(mode):
+        job = ex.submit(TrainJob(), run)
     record_submission(paths.submission_file(run.path), {
         "kind": "train", "mode": mode, "job_id": str(job.job_id), "run": run.name, "hash": run.hash,
         "log_folder": str(folder)})
@@ -117,7 +120,8 @@ def submit_monitor(run: Run, cluster: ClusterConfig, mode: str, gpu_slot: int | 
     folder = paths.monitor_dir(run.path) / "logs" / "%j"
     res = dataclasses.replace(cluster.eval, time_min=max(cluster.eval.time_min, cluster.train.time_min))
     ex = make_executor("monitor", cluster, mode, folder, f"emt-monitor-{run.name}", gpu_slot, resources=res)
-    job = ex.submit(MonitorJob(), run)
+    with _cancellable_children(mode):
+        job = ex.submit(MonitorJob(), run)
     sub = paths.submission_file(run.path)
     rec = json.loads(sub.read_text()) if sub.is_file() else {"kind": "train", "mode": mode, "run": run.name}
     rec.update(monitor_job_id=str(job.job_id), monitor_mode=mode, monitor_log_folder=str(folder))
@@ -132,7 +136,8 @@ def submit_eval_array(
     ex = make_executor("eval", cluster, mode, folder, name)
     if mode == "slurm":
         ex.update_parameters(slurm_array_parallelism=cluster.array_parallelism)
-    return ex.map_array(EvalJob(), tasks)
+    with _cancellable_children(mode):
+        return ex.map_array(EvalJob(), tasks)
 
 
 def submit_consolidate(
@@ -148,7 +153,8 @@ def submit_consolidate(
         array_ids = sorted({str(j.job_id).split("_")[0] for j in after})
         ex.update_parameters(slurm_additional_parameters={"dependency": "afterok:" + ":".join(array_ids),
                                                           "kill-on-invalid-dep": "yes"})
-    return ex.submit(ConsolidateJob(), run, eval_hash)
+    with _cancellable_children(mode):
+        return ex.submit(ConsolidateJob(), run, eval_hash)
 
 
 def submit_serve(spec: ServeSpec, output_root: str, model_path: str, cluster: ClusterConfig, mode: str,
@@ -158,12 +164,35 @@ def submit_serve(spec: ServeSpec, output_root: str, model_path: str, cluster: Cl
     folder = paths.serve_logs_dir(output_root, spec.name)
     res = JobResources(time_min=spec.time_min, gpus=spec.gpus, cpus=spec.cpus, mem_gb=spec.mem_gb)
     ex = make_executor("serve", cluster, mode, folder, f"emt-serve-{spec.name}", gpu_slot, resources=res)
-    with _detached_stdio(mode == "local"):
+    with _detached_stdio(mode == "local"), _cancellable_children(mode):
         job = ex.submit(ServeJob(), spec, output_root, model_path)
     record_submission(paths.serve_submission_file(output_root, spec.name), {
         "kind": "serve", "mode": mode, "job_id": str(job.job_id), "name": spec.name, "model": spec.model,
         "log_folder": str(folder)})
     return job
+
+
+def _no_op(signum: int, frame: Any) -> None:  # noqa: ARG001 - a signal handler's signature
+    """SIGINT while a local job is being started by a process that ignores it: still ignored."""
+
+
+@contextlib.contextmanager
+def _cancellable_children(mode: str) -> Iterator[None]:
+    """While starting a local job: a process that ignores SIGINT (a background job of a script,
+    where the shell sets SIGINT to ignored) would pass that on to submitit's controller, and
+    cancelling the job (submitit's LocalJob.cancel, ``emt serve --stop``: SIGINT to the
+    controller) would then do nothing. A Python handler, unlike SIG_IGN, is reset to the default
+    on exec, so a no-op handler for the length of the submission starts the job cancellable
+    while this process keeps ignoring SIGINT."""
+    if (mode != "local" or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
+        yield
+        return
+    signal.signal(signal.SIGINT, _no_op)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

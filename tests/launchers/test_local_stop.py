@@ -21,6 +21,18 @@ from emt.launchers import running
 from emt.launchers.running import process_alive, process_tree, sharing_cores, stop_with_launcher, submitting, watch
 
 
+@pytest.fixture(autouse=True)
+def _sigint_as_in_a_terminal() -> "object":
+    """A suite started in the background by a script inherits SIGINT ignored (the shell sets it
+    so), and a launcher keeps an ignored signal ignored; these tests are about a launcher run in a
+    terminal, where Ctrl-C reaches it."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.parametrize("cpus, jobs, cores, want", [
     (2, 1, 2, 2),   # one job: its cpus
     (2, 2, 2, 1),   # the measured case: 2 jobs x 2 cpus on 2 cores -> 1 thread each
@@ -181,6 +193,28 @@ def test_cancel_kills_what_outlives_the_grace(tmp_path: Path, capsys: pytest.Cap
         assert _gone(procs, 5)
         err = capsys.readouterr().err
         assert "deaf: cancelled local job" in err and "still running 1 s after the cancel; killing" in err
+    finally:
+        if not job.done():
+            _kill_tree(job)
+
+
+def test_jobs_started_by_a_launcher_ignoring_sigint_can_still_be_cancelled(tmp_path: Path) -> None:
+    """A launcher started with SIGINT ignored (in the background of a script) keeps ignoring it,
+    but the local jobs it starts do not inherit that: submitit's cancel (SIGINT to the job's
+    controller, also what ``emt serve --stop`` sends) ends them without the SIGKILL fallback."""
+    from emt.jobs.slurm import _cancellable_children
+
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _cancellable_children("local"):
+            job = _sleeping_job(tmp_path)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # the launcher still ignores it
+    finally:
+        signal.signal(signal.SIGINT, old)
+    try:
+        procs = _wait_for_task(job)
+        job.cancel()
+        assert _gone(procs, 60), "the job's controller ignored the cancel"
     finally:
         if not job.done():
             _kill_tree(job)

@@ -62,7 +62,10 @@ def _signal_once_child_runs(cmd: list[str], sig: signal.Signals, log: Path) -> t
     """Start a launcher, wait until its submitit job's task runs, send it ``sig``; its exit code,
     the job's processes seen before the signal, and its stderr."""
     with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        # SIGINT as in a terminal, even when this suite runs in the background of a script (which
+        # starts it with SIGINT ignored; a launcher keeps a signal it was told to ignore ignored).
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         kids: list[int] = []
