@@ -288,15 +288,11 @@ def judge_batch_answers(eval_root: Path, step: int) -> Path:
 
 def judge_batch_steps(eval_root: Path) -> list[int]:
     """The steps with answers waiting for Batch API batches under ``eval_root``, ascending."""
-    base = eval_root / "judge-batches"
+    base = judge_batch_dir(eval_root, 0).parent
     if not base.is_dir():
         return []
-    out = []
-    for d in base.glob("step-*"):
-        tail = d.name[len("step-"):]
-        if tail.isdigit() and (d / "answers.json").is_file():
-            out.append(int(tail))
-    return sorted(out)
+    steps = (int(d.name[len("step-"):]) for d in base.glob("step-*") if d.name[len("step-"):].isdigit())
+    return sorted(s for s in steps if judge_batch_answers(eval_root, s).is_file())
 
 
 def eval_step_lock(eval_root: Path, step: int) -> Path:

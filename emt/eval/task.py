@@ -196,17 +196,6 @@ class JudgePipeline:
 BATCH_WORKERS = 64  # checkpoints whose batches are waited for at once (JudgePipeline workers: threads)
 
 
-def answers_record(traits: Sequence["Trait"], answers: list[list[str]]) -> dict[str, Any]:
-    """The answers of a checkpoint in the shape :func:`emt.store.results.read_answers` reads."""
-    out: dict[str, Any] = {}
-    i = 0
-    for t in traits:
-        n = len(t.questions)
-        out[t.name] = {"question_ids": [q.id for q in t.questions], "responses": answers[i:i + n]}
-        i += n
-    return {"traits": out}
-
-
 def task_id(task: EvalTask) -> str:
     """A name for this task's timing file: the SLURM array task when there is one."""
     array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -579,7 +568,7 @@ class ShardRun:
         pending = paths.judge_batch_dir(self.root, item.step) if self.batch else None
         if pending is not None and not paths.judge_batch_answers(self.root, item.step).is_file():
             atomic.write_json(paths.judge_batch_answers(self.root, item.step),
-                              answers_record(self.session.traits, item.answers))
+                              results.answers_record(self.session.traits, item.answers))
         try:
             with request_tags(run=run.name, step=item.step), batch_state(pending), \
                     batch_mode("wait" if self.wait_batches else "submit"):

@@ -132,6 +132,18 @@ def trait_means(path: Path, judge: str | None = None) -> dict[str, float]:
     return out
 
 
+def answers_record(traits: Sequence[Any], answers: list[list[str]]) -> dict[str, Any]:
+    """A checkpoint's answers alone (conversation order, as generated) in the shape
+    :func:`read_answers` reads back: what a checkpoint whose judges are still at work keeps."""
+    out: dict[str, Any] = {}
+    i = 0
+    for t in traits:
+        n = len(t.questions)
+        out[t.name] = {"question_ids": [q.id for q in t.questions], "responses": answers[i:i + n]}
+        i += n
+    return {"traits": out}
+
+
 def read_answers(path: Path, traits: Sequence[Any]) -> list[list[str]] | None:
     """The answers of a (set-aside) result in conversation order, or None when the file is absent or
     does not match the traits' questions (they are generated again then)."""
